@@ -1,0 +1,33 @@
+from setuptools import find_packages, setup
+
+setup(
+    name="nnqc",
+    version="0.1.0",
+    description="nnQC: self-configuring segmentation quality control (QCResUNet) on nnU-Net v2",
+    long_description=open("README.md", encoding="utf-8").read(),
+    long_description_content_type="text/markdown",
+    python_requires=">=3.10",
+    packages=find_packages(include=["nnqc", "nnqc.*", "nnqc_trainers", "nnqc_trainers.*",
+                                    "dataset_conversion", "dataset_conversion.*"]),
+    # torch is deliberately unpinned: a user with a CUDA build keeps it.
+    install_requires=[
+        "torch>=2.1",
+        "nnunetv2==2.8.1",
+        "batchgeneratorsv2>=0.3",
+        "acvl-utils>=0.2",
+        "numpy",
+        "scipy",
+        "SimpleITK>=2.2",
+        "matplotlib",
+        "tqdm",
+        "pandas",
+    ],
+    extras_require={
+        # independent reference implementations used only by the tests
+        "test": ["pytest", "ruff", "surface-distance==0.1"],
+    },
+    entry_points={
+        "console_scripts": [
+        ],
+    },
+)
