@@ -1,0 +1,483 @@
+"""nnQC preprocessing: nnU-Net's DefaultPreprocessor for every subject, the same crop and resampling for
+every candidate segmentation of that subject.
+
+A QC dataset stores images and reference once per subject and only a label map per sample, so the cost is
+driven by subjects: a subject is read, normalized and resampled once, and each of its candidates is then
+only read, cropped with the subject's bounding box and resampled as a segmentation. Outputs are written
+atomically and reruns skip what is already up to date.
+"""
+import json
+import multiprocessing
+import os
+import shutil
+import tempfile
+from collections.abc import Sequence
+from functools import partial
+from time import sleep
+from typing import Callable
+
+import blosc2
+import numpy as np
+import pandas as pd
+from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice
+from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, load_pickle
+from nnunetv2.imageio.base_reader_writer import BaseReaderWriter
+from nnunetv2.imageio.reader_writer_registry import LIST_OF_IO_CLASSES
+from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
+from nnunetv2.preprocessing.normalization.map_channel_name_to_normalization import (
+    channel_name_to_normalization_mapping,
+)
+from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape, resample_data_or_seg_to_shape
+from nnunetv2.preprocessing.resampling.no_resampling import no_resampling_hack
+from nnunetv2.preprocessing.resampling.resample_torch import resample_torch_fornnunet
+from nnunetv2.utilities.crossval_split import generate_crossval_split
+from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+from nnunetv2.utilities.json_export import recursive_fix_for_json_export
+from nnunetv2.utilities.label_handling.label_handling import LabelManager
+from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
+from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
+from tqdm import tqdm
+
+from nnqc import paths
+from nnqc.metrics.regions import allowed_labels
+
+CANDIDATES_FOLDER = "candidatesTr"
+CANDIDATE_FILE_ENDING = ".nii.gz"
+QC_TARGETS_FILE = "qc_targets.csv"
+QC_TARGETS_REQUIRED_COLUMNS = ("sample", "subject", "source", "generator", "seed", "dsc", "nsd")
+PREPROCESSED_CANDIDATES_FOLDER = "candidates"
+SUBJECT_OUTPUT_SUFFIXES = (".b2nd", "_seg.b2nd", ".pkl")  # the .pkl goes last: it marks a complete subject
+TEMPORARY_PREFIX = ".tmp_"
+NUM_FOLDS = 5
+SPLIT_SEED = 12345
+
+
+class QCDatasetError(RuntimeError):
+    """A QC dataset that cannot be planned or preprocessed as it is; the message names the file or case."""
+
+
+# nnU-Net resolves the class and function names stored in plans by walking its packages. nnQC resolves them
+# from these explicit tables of the objects nnU-Net ships, so nothing is imported by name.
+READER_WRITERS = {rw.__name__: rw for rw in LIST_OF_IO_CLASSES}
+RESAMPLING_FUNCTIONS = {fn.__name__: fn for fn in (resample_data_or_seg_to_shape, resample_torch_fornnunet,
+                                                   no_resampling_hack)}
+NORMALIZATION_SCHEMES = {cls.__name__: cls for cls in channel_name_to_normalization_mapping.values()}
+LABEL_MANAGERS = {LabelManager.__name__: LabelManager}
+
+
+def _lookup(table: dict, name: str, what: str):
+    if name not in table:
+        raise QCDatasetError(f"Unknown {what} {name!r} in the plans. nnQC supports: {sorted(table)}")
+    return table[name]
+
+
+class nnQCConfigurationManager(ConfigurationManager):
+    """nnU-Net's ConfigurationManager with resampling functions taken from an explicit table."""
+
+    def _resampling_fn(self, key: str) -> Callable:
+        fn = _lookup(RESAMPLING_FUNCTIONS, self.configuration[key], "resampling function")
+        return partial(fn, **self.configuration[key + "_kwargs"])
+
+    @property
+    def resampling_fn_data(self) -> Callable:
+        return self._resampling_fn("resampling_fn_data")
+
+    @property
+    def resampling_fn_seg(self) -> Callable:
+        return self._resampling_fn("resampling_fn_seg")
+
+    @property
+    def resampling_fn_probabilities(self) -> Callable:
+        return self._resampling_fn("resampling_fn_probabilities")
+
+    @property
+    def preprocessor_class(self) -> type[DefaultPreprocessor]:
+        return _lookup({c.__name__: c for c in (DefaultPreprocessor, nnQCPreprocessor)}, self.preprocessor_name,
+                       "preprocessor")
+
+
+class nnQCPlansManager(PlansManager):
+    """nnU-Net's PlansManager with the reader/writer and label manager taken from explicit tables."""
+
+    def get_configuration(self, configuration_name: str) -> nnQCConfigurationManager:
+        if configuration_name not in self.plans["configurations"]:
+            raise QCDatasetError(f"Configuration {configuration_name!r} is not in plans {self.plans_name} "
+                                 f"(available: {self.available_configurations})")
+        return nnQCConfigurationManager(self._internal_resolve_configuration_inheritance(configuration_name))
+
+    @property
+    def image_reader_writer_class(self) -> type[BaseReaderWriter]:
+        return _lookup(READER_WRITERS, self.plans["image_reader_writer"], "image reader/writer")
+
+    @property
+    def label_manager_class(self) -> type[LabelManager]:
+        return _lookup(LABEL_MANAGERS, self.plans.get("label_manager", "LabelManager"), "label manager")
+
+
+def reader_writer_from_dataset_json(dataset_json: dict, example_file: str) -> type[BaseReaderWriter]:
+    """The reader/writer nnU-Net would pick for this dataset: the declared override, else the first class
+    supporting the file ending that can open `example_file`."""
+    declared = dataset_json.get("overwrite_image_reader_writer")
+    if declared is not None and declared != "None":
+        return _lookup(READER_WRITERS, declared, "image reader/writer (overwrite_image_reader_writer)")
+    ending = dataset_json["file_ending"].lower()
+    for rw in LIST_OF_IO_CLASSES:
+        if ending in rw.supported_file_endings:
+            try:
+                rw().read_images((example_file,))
+            except Exception:
+                continue
+            return rw
+    raise QCDatasetError(f"No nnU-Net reader/writer can read {example_file} (file ending {ending})")
+
+
+def resolve_dataset_name(dataset_name_or_id: int | str) -> str:
+    """DatasetXXX_Name for an id or name, with an nnQC error when it cannot be found."""
+    try:
+        return maybe_convert_to_dataset_name(dataset_name_or_id)
+    except (RuntimeError, ValueError) as e:
+        raise QCDatasetError(f"Dataset {dataset_name_or_id} not found: {e}") from e
+
+
+def qc_raw_folder(dataset_name: str) -> str:
+    """The raw folder of a QC dataset, checked to be one (it has candidatesTr/ and qc_targets.csv)."""
+    folder = join(paths.require("nnUNet_raw"), dataset_name)
+    if not isdir(folder):
+        raise QCDatasetError(f"Dataset {dataset_name} not found in nnUNet_raw ({folder} does not exist)")
+    for name in ("dataset.json", QC_TARGETS_FILE, CANDIDATES_FOLDER):
+        if not os.path.exists(join(folder, name)):
+            raise QCDatasetError(f"{dataset_name} is not an nnQC dataset: {name} is missing in {folder}. "
+                                 f"Build QC datasets with nnQC_convert.")
+    return folder
+
+
+def read_qc_targets(raw_folder: str) -> pd.DataFrame:
+    """qc_targets.csv with its identifier columns as strings, checked for the documented columns."""
+    csv_file = join(raw_folder, QC_TARGETS_FILE)
+    try:
+        targets = pd.read_csv(csv_file, dtype={"sample": str, "subject": str, "source": str, "generator": str},
+                              keep_default_na=False)
+    except Exception as e:
+        raise QCDatasetError(f"Cannot read {csv_file}: {e}") from e
+    missing = [c for c in QC_TARGETS_REQUIRED_COLUMNS if c not in targets.columns]
+    if missing:
+        raise QCDatasetError(f"{csv_file} lacks the columns {missing}")
+    duplicated = targets["sample"][targets["sample"].duplicated()].tolist()
+    if duplicated:
+        raise QCDatasetError(f"{csv_file} lists samples more than once: {duplicated[:5]}")
+    return targets
+
+
+def candidate_file(raw_folder: str, sample: str) -> str:
+    return join(raw_folder, CANDIDATES_FOLDER, sample + CANDIDATE_FILE_ENDING)
+
+
+def candidates_by_subject(raw_folder: str, subjects: Sequence[str]) -> dict[str, list[tuple[str, str]]]:
+    """{subject: [(sample, candidate file), ...]} from qc_targets.csv, every subject and file checked."""
+    targets = read_qc_targets(raw_folder)
+    known = set(subjects)
+    unknown = sorted(set(targets["subject"]) - known)
+    if unknown:
+        raise QCDatasetError(f"{join(raw_folder, QC_TARGETS_FILE)} names subjects without images in imagesTr: "
+                             f"{unknown[:5]}")
+    grouped: dict[str, list[tuple[str, str]]] = {s: [] for s in subjects}
+    missing = []
+    for sample, subject in zip(targets["sample"], targets["subject"]):
+        file = candidate_file(raw_folder, sample)
+        if not isfile(file):
+            missing.append(file)
+        grouped[subject].append((sample, file))
+    if missing:
+        raise QCDatasetError(f"{len(missing)} candidate file(s) listed in {QC_TARGETS_FILE} are missing, "
+                             f"e.g. {missing[:3]}")
+    return grouped
+
+
+def _geometry_mismatch(candidate_properties: dict, subject_properties: dict) -> str | None:
+    """Why a candidate does not share its subject's voxel grid, or None when it does."""
+    if not np.allclose(candidate_properties["spacing"], subject_properties["spacing"], rtol=1e-4, atol=1e-6):
+        return (f"spacing {np.asarray(candidate_properties['spacing']).tolist()} != subject's "
+                f"{np.asarray(subject_properties['spacing']).tolist()}")
+    for stuff, keys in (("sitk_stuff", ("origin", "direction")), ("nibabel_stuff", ("original_affine",))):
+        if stuff in candidate_properties and stuff in subject_properties:
+            for key in keys:
+                a, b = candidate_properties[stuff][key], subject_properties[stuff][key]
+                if not np.allclose(a, b, rtol=0, atol=1e-3):
+                    return f"{key} {np.asarray(a).tolist()} != subject's {np.asarray(b).tolist()}"
+    return None
+
+
+def save_npz_atomically(file: str, **arrays: np.ndarray) -> None:
+    """np.savez_compressed through a temporary file in the same folder, so a file is whole or absent."""
+    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(file), prefix=TEMPORARY_PREFIX, suffix=".npz")
+    try:
+        with os.fdopen(handle, "wb") as f:
+            np.savez_compressed(f, **arrays)
+        os.replace(temporary, file)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def copy_atomically(source: str, target: str) -> None:
+    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(target), prefix=TEMPORARY_PREFIX)
+    os.close(handle)
+    try:
+        shutil.copyfile(source, temporary)
+        os.replace(temporary, target)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def write_json_atomically(obj: dict | list, file: str) -> None:
+    if isinstance(obj, dict):
+        recursive_fix_for_json_export(obj)
+    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(file), prefix=TEMPORARY_PREFIX, suffix=".json")
+    try:
+        with os.fdopen(handle, "w") as f:
+            json.dump(obj, f, indent=4, sort_keys=False)
+        os.replace(temporary, file)
+    except BaseException:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+        raise
+
+
+def _is_up_to_date(outputs: Sequence[str], inputs: Sequence[str]) -> bool:
+    if not all(isfile(f) for f in outputs):
+        return False
+    return min(os.path.getmtime(f) for f in outputs) >= max(os.path.getmtime(f) for f in inputs)
+
+
+class nnQCPreprocessor(DefaultPreprocessor):
+    """DefaultPreprocessor for subjects plus the identical crop and resampling for their candidates.
+
+    Subjects are written in nnU-Net 2.8.1's own format (SUBJ.b2nd, SUBJ_seg.b2nd, SUBJ.pkl); the candidates
+    of a subject go to candidates/SAMPLE.npz (key "seg", uint8, shape (1, *subject's preprocessed shape)).
+    """
+
+    def __init__(self, verbose: bool = False):
+        super().__init__(verbose=verbose)
+
+    def _normalize(self, data: np.ndarray, seg: np.ndarray, configuration_manager: ConfigurationManager,
+                   foreground_intensity_properties_per_channel: dict) -> np.ndarray:
+        for c in range(data.shape[0]):
+            scheme = _lookup(NORMALIZATION_SCHEMES, configuration_manager.normalization_schemes[c],
+                             "normalization scheme")
+            normalizer = scheme(use_mask_for_norm=configuration_manager.use_mask_for_norm[c],
+                                intensityproperties=foreground_intensity_properties_per_channel[str(c)])
+            data[c] = normalizer.run(data[c], seg[0])
+        return data
+
+    @staticmethod
+    def candidate_reader_writer(plans_manager: PlansManager) -> type[BaseReaderWriter]:
+        """The subject's reader when it reads candidate files (same axes handling), SimpleITK otherwise."""
+        rw = plans_manager.image_reader_writer_class
+        return rw if CANDIDATE_FILE_ENDING in rw.supported_file_endings else SimpleITKIO
+
+    def preprocess_candidate(self, candidate_file: str, subject_properties: dict, preprocessed_shape: Sequence[int],
+                             plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                             labels: Sequence[int]) -> np.ndarray:
+        """The candidate with its subject's transpose, crop and segmentation resampling: uint8 (1, *shape)."""
+        seg, properties = self.candidate_reader_writer(plans_manager)().read_seg(candidate_file)
+        transpose = plans_manager.transpose_forward
+        seg = seg.transpose([0, *[i + 1 for i in transpose]])
+        expected_shape = tuple(int(i) for i in subject_properties["shape_before_cropping"])
+        if seg.shape[1:] != expected_shape:
+            raise QCDatasetError(f"Candidate {candidate_file} has shape {seg.shape[1:]} but its subject has "
+                                 f"{expected_shape} (after transpose {transpose})")
+        mismatch = _geometry_mismatch(properties, subject_properties)
+        if mismatch is not None:
+            raise QCDatasetError(f"Candidate {candidate_file} does not share its subject's geometry: {mismatch}")
+        as_uint8 = seg.astype(np.uint8)
+        if not np.array_equal(as_uint8, seg):
+            raise QCDatasetError(f"Candidate {candidate_file} holds values that are not labels in 0..255")
+        present = np.flatnonzero(np.bincount(as_uint8.ravel(), minlength=256))
+        invalid = sorted(set(present.tolist()) - set(labels))
+        if invalid:
+            raise QCDatasetError(f"Candidate {candidate_file} holds labels {invalid}; dataset.json allows "
+                                 f"{list(labels)}")
+        seg = as_uint8[(slice(None), *bounding_box_to_slice(subject_properties["bbox_used_for_cropping"]))]
+        original_spacing = [subject_properties["spacing"][i] for i in transpose]
+        target_spacing = configuration_manager.spacing
+        new_shape = compute_new_shape(seg.shape[1:], original_spacing, target_spacing)
+        seg = configuration_manager.resampling_fn_seg(seg, new_shape, original_spacing, target_spacing)
+        if tuple(seg.shape[1:]) != tuple(preprocessed_shape):
+            raise QCDatasetError(f"Candidate {candidate_file} preprocesses to {seg.shape[1:]}, its subject to "
+                                 f"{tuple(preprocessed_shape)}")
+        return np.ascontiguousarray(seg, dtype=np.uint8)
+
+    def run_subject(self, output_folder: str, subject: str, image_files: list[str], label_file: str,
+                    candidates: list[tuple[str, str]], plans_manager: PlansManager,
+                    configuration_manager: ConfigurationManager, dataset_json: dict,
+                    extra_inputs: Sequence[str]) -> tuple[bool, int]:
+        """Preprocess one subject (unless up to date) and those of its candidates that need it.
+
+        Returns (whether the subject was preprocessed, number of candidates written).
+        """
+        try:
+            return self._run_subject(output_folder, subject, image_files, label_file, candidates, plans_manager,
+                                     configuration_manager, dataset_json, extra_inputs)
+        except QCDatasetError:
+            raise
+        except Exception as e:
+            raise QCDatasetError(f"Preprocessing subject {subject} failed: {type(e).__name__}: {e}") from e
+
+    def _run_subject(self, output_folder, subject, image_files, label_file, candidates, plans_manager,
+                     configuration_manager, dataset_json, extra_inputs) -> tuple[bool, int]:
+        outputs = [join(output_folder, subject + s) for s in SUBJECT_OUTPUT_SUFFIXES]
+        redo_subject = not _is_up_to_date(outputs, [*image_files, label_file, *extra_inputs])
+        if redo_subject:
+            for f in reversed(outputs):  # the .pkl first: an interrupted redo leaves an incomplete subject
+                if isfile(f):
+                    os.remove(f)
+            temporary_folder = tempfile.mkdtemp(dir=output_folder, prefix=TEMPORARY_PREFIX)
+            try:
+                self.run_case_save(join(temporary_folder, subject), image_files, label_file, plans_manager,
+                                   configuration_manager, dataset_json)
+                for f in outputs:
+                    os.replace(join(temporary_folder, os.path.basename(f)), f)
+            finally:
+                shutil.rmtree(temporary_folder, ignore_errors=True)
+
+        candidates_folder = join(output_folder, PREPROCESSED_CANDIDATES_FOLDER)
+        todo = [(sample, file) for sample, file in candidates
+                if redo_subject or not _is_up_to_date([join(candidates_folder, sample + ".npz")], [file])]
+        if todo:
+            properties = load_pickle(outputs[-1])
+            preprocessed_shape = blosc2.open(urlpath=outputs[1], mode="r").shape[1:]
+            labels = allowed_labels(dataset_json)
+            for sample, file in todo:
+                seg = self.preprocess_candidate(file, properties, preprocessed_shape, plans_manager,
+                                                configuration_manager, labels)
+                save_npz_atomically(join(candidates_folder, sample + ".npz"), seg=seg)
+        return redo_subject, len(todo)
+
+    def run(self, dataset_name_or_id: int | str, configuration_name: str, plans_identifier: str,
+            num_processes: int, clean: bool = False) -> None:
+        """Preprocess all subjects and candidates of a QC dataset (skipping what is up to date unless clean)."""
+        dataset_name = resolve_dataset_name(dataset_name_or_id)
+        raw_folder = qc_raw_folder(dataset_name)
+        preprocessed_folder = join(paths.require("nnUNet_preprocessed"), dataset_name)
+        plans_file = join(preprocessed_folder, plans_identifier + ".json")
+        dataset_json_file = join(preprocessed_folder, "dataset.json")
+        for f in (plans_file, dataset_json_file):
+            if not isfile(f):
+                raise QCDatasetError(f"{f} is missing: plan the dataset first (nnQC_plan_and_preprocess)")
+        plans_manager = nnQCPlansManager(plans_file)
+        configuration_manager = plans_manager.get_configuration(configuration_name)
+        dataset_json = load_json(dataset_json_file)
+
+        dataset = get_filenames_of_train_images_and_targets(raw_folder, dataset_json)
+        subjects = sorted(dataset)
+        candidates = candidates_by_subject(raw_folder, subjects)
+
+        output_folder = join(preprocessed_folder, configuration_manager.data_identifier)
+        if clean and isdir(output_folder):
+            shutil.rmtree(output_folder)
+        candidates_folder = join(output_folder, PREPROCESSED_CANDIDATES_FOLDER)
+        os.makedirs(candidates_folder, exist_ok=True)
+        self._remove_stale_outputs(output_folder, subjects, {s for c in candidates.values() for s, _ in c})
+
+        jobs = [(output_folder, s, dataset[s]["images"], dataset[s]["label"], candidates[s], plans_manager,
+                 configuration_manager, dataset_json, (plans_file, dataset_json_file)) for s in subjects]
+        num_candidates = sum(len(c) for c in candidates.values())
+        print(f"Preprocessing {len(subjects)} subjects and {num_candidates} candidates of {dataset_name} "
+              f"({configuration_name}) with {num_processes} process(es)")
+        try:
+            results = self._run_jobs(jobs, num_processes)
+        finally:  # workers stopped by an error leave their temporary files behind
+            self._remove_temporaries(output_folder)
+        print(f"Subjects preprocessed: {sum(r[0] for r in results)} (others up to date), "
+              f"candidates written: {sum(r[1] for r in results)}")
+
+        self._write_dataset_files(raw_folder, preprocessed_folder, dataset, dataset_json["file_ending"])
+
+    def _run_jobs(self, jobs: list[tuple], num_processes: int) -> list[tuple[bool, int]]:
+        progress = tqdm(desc="Preprocessing subjects", total=len(jobs), disable=not self.show_progress_bar)
+        if num_processes <= 1:
+            results = []
+            for job in jobs:
+                results.append(self.run_subject(*job))
+                progress.update()
+            progress.close()
+            return results
+        with multiprocessing.get_context("spawn").Pool(num_processes) as pool:
+            workers = list(pool._pool)
+            pending = [pool.starmap_async(self.run_subject, (job,)) for job in jobs]
+            remaining = list(range(len(jobs)))
+            while remaining:
+                if not all(w.is_alive() for w in workers):
+                    raise RuntimeError("A preprocessing worker died (often: out of memory). Try fewer processes "
+                                       "(-np).")
+                done = [i for i in remaining if pending[i].ready()]
+                for i in done:
+                    pending[i].get()  # raises the worker's error, which names the case
+                    progress.update()
+                remaining = [i for i in remaining if i not in done]
+                sleep(0.1)
+        progress.close()
+        return [p.get()[0] for p in pending]
+
+    @staticmethod
+    def _remove_temporaries(output_folder: str) -> None:
+        for folder in (output_folder, join(output_folder, PREPROCESSED_CANDIDATES_FOLDER)):
+            for name in os.listdir(folder):
+                path = join(folder, name)
+                if name.startswith(TEMPORARY_PREFIX):
+                    if isdir(path):
+                        shutil.rmtree(path, ignore_errors=True)
+                    elif isfile(path):
+                        os.remove(path)
+
+    @classmethod
+    def _remove_stale_outputs(cls, output_folder: str, subjects: Sequence[str], samples: set[str]) -> None:
+        """Drop leftovers of interrupted runs and outputs of subjects or samples no longer in the dataset."""
+        cls._remove_temporaries(output_folder)
+        subjects = set(subjects)
+        candidates_folder = join(output_folder, PREPROCESSED_CANDIDATES_FOLDER)
+        for folder in (output_folder, candidates_folder):
+            for name in os.listdir(folder):
+                path = join(folder, name)
+                if folder == candidates_folder and name.endswith(".npz") and name[:-4] not in samples:
+                    os.remove(path)
+                elif folder == output_folder and isfile(path):
+                    identifier = next((name[:-len(s)] for s in sorted(SUBJECT_OUTPUT_SUFFIXES, key=len, reverse=True)
+                                       if name.endswith(s)), None)
+                    if identifier is not None and identifier not in subjects:
+                        os.remove(path)
+
+    @staticmethod
+    def _write_dataset_files(raw_folder: str, preprocessed_folder: str, dataset: dict, file_ending: str) -> None:
+        """qc_targets.csv, gt_segmentations/ (as nnU-Net) and splits_final.json (folds by subject)."""
+        targets_source, targets_copy = join(raw_folder, QC_TARGETS_FILE), join(preprocessed_folder, QC_TARGETS_FILE)
+        if not _is_up_to_date([targets_copy], [targets_source]):
+            copy_atomically(targets_source, targets_copy)
+
+        gt_folder = join(preprocessed_folder, "gt_segmentations")
+        os.makedirs(gt_folder, exist_ok=True)
+        for subject, files in dataset.items():
+            target = join(gt_folder, subject + file_ending)
+            if not _is_up_to_date([target], [files["label"]]):
+                copy_atomically(files["label"], target)
+
+        subjects = sorted(dataset)
+        splits_file = join(preprocessed_folder, "splits_final.json")
+        if isfile(splits_file):
+            existing = load_json(splits_file)
+            if all(sorted(f["train"] + f["val"]) == subjects and not set(f["train"]) & set(f["val"])
+                   for f in existing):
+                return
+            print(f"{splits_file} does not split exactly this dataset's subjects: writing new folds")
+        if len(subjects) < 2:
+            print(f"WARNING: {len(subjects)} subject(s): no cross-validation folds written")
+            return
+        num_folds = min(NUM_FOLDS, len(subjects))
+        if num_folds < NUM_FOLDS:
+            print(f"WARNING: only {len(subjects)} subjects: writing {num_folds} folds instead of {NUM_FOLDS}")
+        splits = generate_crossval_split(subjects, seed=SPLIT_SEED, n_splits=num_folds)
+        write_json_atomically([{k: [str(s) for s in v] for k, v in fold.items()} for fold in splits], splits_file)
