@@ -194,7 +194,7 @@ def candidates_by_subject(raw_folder: str, subjects: Sequence[str]) -> dict[str,
     return grouped
 
 
-def _geometry_mismatch(candidate_properties: dict, subject_properties: dict) -> str | None:
+def geometry_mismatch(candidate_properties: dict, subject_properties: dict) -> str | None:
     """Why a candidate does not share its subject's voxel grid, or None when it does."""
     if not np.allclose(candidate_properties["spacing"], subject_properties["spacing"], rtol=1e-4, atol=1e-6):
         return (f"spacing {np.asarray(candidate_properties['spacing']).tolist()} != subject's "
@@ -282,32 +282,40 @@ class nnQCPreprocessor(DefaultPreprocessor):
     def preprocess_candidate(self, candidate_file: str, subject_properties: dict, preprocessed_shape: Sequence[int],
                              plans_manager: PlansManager, configuration_manager: ConfigurationManager,
                              labels: Sequence[int]) -> np.ndarray:
-        """The candidate with its subject's transpose, crop and segmentation resampling: uint8 (1, *shape)."""
+        """Read a candidate file and bring it onto its preprocessed subject's grid: uint8 (1, *shape)."""
         seg, properties = self.candidate_reader_writer(plans_manager)().read_seg(candidate_file)
+        mismatch = geometry_mismatch(properties, subject_properties)
+        if mismatch is not None:
+            raise QCDatasetError(f"Candidate {candidate_file} does not share its subject's geometry: {mismatch}")
+        return self.candidate_to_subject_grid(seg, subject_properties, preprocessed_shape, plans_manager,
+                                              configuration_manager, labels, f"Candidate {candidate_file}")
+
+    @staticmethod
+    def candidate_to_subject_grid(seg: np.ndarray, subject_properties: dict, preprocessed_shape: Sequence[int],
+                                  plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                                  labels: Sequence[int], name: str) -> np.ndarray:
+        """A label map (1, *S) in its subject's input grid, with the subject's transpose, crop and segmentation
+        resampling (the identical preprocessing at training and prediction time): uint8 (1, *shape)."""
         transpose = plans_manager.transpose_forward
         seg = seg.transpose([0, *[i + 1 for i in transpose]])
         expected_shape = tuple(int(i) for i in subject_properties["shape_before_cropping"])
         if seg.shape[1:] != expected_shape:
-            raise QCDatasetError(f"Candidate {candidate_file} has shape {seg.shape[1:]} but its subject has "
+            raise QCDatasetError(f"{name} has shape {seg.shape[1:]} but its subject has "
                                  f"{expected_shape} (after transpose {transpose})")
-        mismatch = _geometry_mismatch(properties, subject_properties)
-        if mismatch is not None:
-            raise QCDatasetError(f"Candidate {candidate_file} does not share its subject's geometry: {mismatch}")
         as_uint8 = seg.astype(np.uint8)
         if not np.array_equal(as_uint8, seg):
-            raise QCDatasetError(f"Candidate {candidate_file} holds values that are not labels in 0..255")
+            raise QCDatasetError(f"{name} holds values that are not labels in 0..255")
         present = np.flatnonzero(np.bincount(as_uint8.ravel(), minlength=256))
         invalid = sorted(set(present.tolist()) - set(labels))
         if invalid:
-            raise QCDatasetError(f"Candidate {candidate_file} holds labels {invalid}; dataset.json allows "
-                                 f"{list(labels)}")
+            raise QCDatasetError(f"{name} holds labels {invalid}; dataset.json allows {list(labels)}")
         seg = as_uint8[(slice(None), *bounding_box_to_slice(subject_properties["bbox_used_for_cropping"]))]
         original_spacing = [subject_properties["spacing"][i] for i in transpose]
         target_spacing = configuration_manager.spacing
         new_shape = compute_new_shape(seg.shape[1:], original_spacing, target_spacing)
         seg = configuration_manager.resampling_fn_seg(seg, new_shape, original_spacing, target_spacing)
         if tuple(seg.shape[1:]) != tuple(preprocessed_shape):
-            raise QCDatasetError(f"Candidate {candidate_file} preprocesses to {seg.shape[1:]}, its subject to "
+            raise QCDatasetError(f"{name} preprocesses to {seg.shape[1:]}, its subject to "
                                  f"{tuple(preprocessed_shape)}")
         return np.ascontiguousarray(seg, dtype=np.uint8)
 
