@@ -1,0 +1,414 @@
+"""nnQC_convert: QC dataset layout, targets, determinism, sharding, resume after SIGKILL, bad input, verify."""
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import zlib
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+from surface_distance import compute_surface_dice_at_tolerance, compute_surface_distances
+
+from dataset_conversion.phantoms import write_phantom_dataset
+from nnqc.metrics import allowed_labels, get_regions, quality_targets
+from nnqc.qc_data.conversion import (
+    CANDIDATES_FOLDER,
+    PROGRESS_FOLDER,
+    TARGETS_CSV,
+    convert_dataset,
+    derive_seed,
+    plan_samples,
+    progress_file,
+    read_qc_targets_csv,
+    target_columns,
+    verify_qc_dataset,
+)
+from nnqc.qc_data.dataset_io import ConversionError
+from nnqc.qc_data.external import ExternalSource
+from nnqc.qc_data.generators import GENERATOR_FAMILIES, generate_candidate
+from nnqc.run.convert import convert_entry
+
+pytestmark = pytest.mark.filterwarnings("ignore:Candidate folder")
+
+REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+SOURCE_ID = 90
+SHAPE = (32, 40, 32)
+SPACING = (2.0, 1.0, 1.5)  # array (z, y, x) order, anisotropic on purpose
+SUBJECTS = [f"case_{i:04d}" for i in range(4)]
+# the configuration every comparison uses: ~90 samples, a few seconds
+OPTIONS = dict(num_seggen=2, num_degradations=18, seed=5)
+
+
+def _read(path):
+    image = sitk.ReadImage(path)
+    return sitk.GetArrayFromImage(image), image
+
+
+def _write_like(array, like: sitk.Image, path, spacing=None, origin=None):
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(like)
+    if spacing is not None:
+        image.SetSpacing(spacing)
+    if origin is not None:
+        image.SetOrigin(origin)
+    sitk.WriteImage(image, path, True)
+
+
+def _make_external_folder(folder, source, subjects, corrupt):
+    """Candidates as another segmenter would write them: the reference with a deterministic change."""
+    os.makedirs(folder)
+    for i, s in enumerate(subjects):
+        reference, image = _read(os.path.join(source, "labelsTr", s + ".nii.gz"))
+        _write_like(corrupt(reference, i).astype(np.uint8), image, os.path.join(folder, s + ".nii.gz"))
+    # files nnU-Net leaves in a prediction folder besides the segmentations are ignored
+    with open(os.path.join(folder, "plans.json"), "w") as f:
+        f.write("{}")
+
+
+def _shift(reference, i):
+    return np.roll(reference, 1 + i, axis=2)
+
+
+def _erase_enhancing(reference, i):
+    out = reference.copy()
+    out[out == 3] = 1
+    return out
+
+
+def _files(folder):
+    """Relative path -> bytes of every file of a QC dataset except the progress records."""
+    found = {}
+    for root, _, names in os.walk(folder):
+        rel_root = os.path.relpath(root, folder)
+        if rel_root.split(os.sep)[0] == PROGRESS_FOLDER:
+            continue
+        for n in names:
+            with open(os.path.join(root, n), "rb") as f:
+                found[os.path.normpath(os.path.join(rel_root, n))] = f.read()
+    return found
+
+
+def _assert_same_dataset(a, b):
+    files_a, files_b = _files(a), _files(b)
+    assert sorted(files_a) == sorted(files_b)
+    different = [k for k in files_a if files_a[k] != files_b[k] and not k.endswith(".png")]
+    assert different == []
+
+
+@pytest.fixture(scope="module")
+def env(tmp_path_factory):
+    root = tmp_path_factory.mktemp("convert")
+    patch = pytest.MonkeyPatch()
+    patch.setenv("nnUNet_raw", str(root / "raw"))
+    patch.delenv("nnUNet_preprocessed", raising=False)
+    patch.delenv("nnUNet_results", raising=False)
+    os.makedirs(root / "raw")
+    source = write_phantom_dataset(SOURCE_ID, "Phantom", len(SUBJECTS), "brats", SHAPE, SPACING, seed=3,
+                                   oblique=True)
+    shifted = str(root / "preds ep10")
+    _make_external_folder(shifted, source, SUBJECTS, _shift)
+    partial = str(root / "other")
+    _make_external_folder(partial, source, SUBJECTS[:3], _erase_enhancing)  # case_0003 has no candidate here
+    with open(os.path.join(source, "dataset.json")) as f:
+        dataset_json = json.load(f)
+    before = _files(source)
+    mtimes = {p: os.stat(os.path.join(source, p)).st_mtime_ns for p in before}
+    reference = convert_dataset(SOURCE_ID, 101, candidate_folders=[shifted, partial],
+                                candidate_tags=None, num_processes=1, verbose=False, **OPTIONS)
+    yield SimpleNamespace(root=root, source=source, dataset_json=dataset_json, externals=[shifted, partial],
+                          reference=reference, source_files=before, source_mtimes=mtimes)
+    patch.undo()
+
+
+def _run_cli(monkeypatch, *args):
+    monkeypatch.setattr(sys, "argv", ["nnQC_convert", *map(str, args)])
+    with pytest.raises(SystemExit) as exit_info:
+        convert_entry()
+    return exit_info.value.code
+
+
+def test_layout_csv_and_targets(env):
+    folder = env.reference.folder
+    assert env.reference.complete and os.path.basename(folder) == "Dataset101_PhantomQC"
+    names, regions = get_regions(env.dataset_json)
+    assert names == ["whole_tumor", "tumor_core", "enhancing_tumor"]
+    columns, rows = read_qc_targets_csv(os.path.join(folder, TARGETS_CSV))
+    assert columns == ["sample", "subject", "source", "generator", "seed", "dsc", "nsd",
+                       *[f"dsc_{n}" for n in names], *[f"nsd_{n}" for n in names]]
+    samples = [r["sample"] for r in rows]
+    assert samples == sorted(samples) and len(set(samples)) == len(samples)
+    per_subject = 1 + 1 + OPTIONS["num_seggen"] + OPTIONS["num_degradations"]
+    assert len(rows) == 4 * per_subject - 1  # "other" lacks case_0003
+
+    # layout: images and reference once per subject (hard links of the source), one candidate per sample
+    assert sorted(os.listdir(os.path.join(folder, "labelsTr"))) == [s + ".nii.gz" for s in SUBJECTS]
+    assert len(os.listdir(os.path.join(folder, "imagesTr"))) == 4 * len(env.dataset_json["channel_names"])
+    for s in SUBJECTS:
+        src, dst = os.path.join(env.source, "labelsTr", s + ".nii.gz"), os.path.join(folder, "labelsTr", s + ".nii.gz")
+        assert os.stat(src).st_ino == os.stat(dst).st_ino
+    assert sorted(os.listdir(os.path.join(folder, CANDIDATES_FOLDER))) == sorted(s + ".nii.gz" for s in samples)
+    with open(os.path.join(folder, "qc_dsc_histogram.png"), "rb") as f:
+        assert f.read(8) == b"\x89PNG\r\n\x1a\n"
+
+    # dataset.json: the source's nnU-Net fields plus the QC fields
+    with open(os.path.join(folder, "dataset.json")) as f:
+        qc_json = json.load(f)
+    for key in ("channel_names", "labels", "file_ending", "regions_class_order"):
+        assert qc_json[key] == env.dataset_json[key]
+    assert qc_json["numTraining"] == 4 and qc_json["nsd_tolerance_mm"] == 1.0
+    sources = {r["source"] for r in rows}
+    assert sources == {"preds-ep10", "other", "seggen", "degrade"}
+    assert qc_json["nnqc"] == {
+        "source_dataset": f"Dataset{SOURCE_ID:03d}_Phantom", "regions": {n: list(r) for n, r in zip(names, regions)},
+        "num_samples": len(rows), "seed": OPTIONS["seed"],
+        "samples_per_source": {s: sum(r["source"] == s for r in rows) for s in sorted(sources)}}
+
+    # families cycle through every degradation family, equally often overall
+    degradations = [r["generator"] for r in rows if r["source"] == "degrade"]
+    counts = {f: degradations.count(f) for f in GENERATOR_FAMILIES if f != "seggen"}
+    assert min(counts.values()) >= 1 and max(counts.values()) - min(counts.values()) <= 1
+
+    labels = allowed_labels(env.dataset_json)
+    dscs = []
+    for r in rows:
+        reference, ref_image = _read(os.path.join(folder, "labelsTr", r["subject"] + ".nii.gz"))
+        candidate, cand_image = _read(os.path.join(folder, CANDIDATES_FOLDER, r["sample"] + ".nii.gz"))
+        assert candidate.dtype == np.uint8 and set(np.unique(candidate)) <= set(labels)
+        for getter in ("GetSpacing", "GetOrigin", "GetDirection"):
+            assert np.allclose(getattr(cand_image, getter)(), getattr(ref_image, getter)(), atol=1e-6)
+        spacing = ref_image.GetSpacing()[::-1]
+        assert np.allclose(spacing, SPACING)
+        # targets equal a recomputation with nnqc.metrics on the written files
+        targets = quality_targets(reference, candidate, regions, spacing, 1.0)
+        assert r["dsc"] == targets["dsc"] and r["nsd"] == targets["nsd"]
+        assert [r[f"dsc_{n}"] for n in names] == targets["dsc_per_region"].tolist()
+        assert [r[f"nsd_{n}"] for n in names] == targets["nsd_per_region"].tolist()
+        # and independent references: the multi-class DSC of the spec, DeepMind's surface Dice for WT
+        tp = np.sum((candidate == reference) & (reference != 0))
+        wrong = candidate != reference
+        fp, fn = np.sum(wrong & (candidate != 0)), np.sum(wrong & (reference != 0))
+        expected_dsc = 1.0 if tp + fp + fn == 0 else 2 * tp / (2 * tp + fp + fn)
+        assert r["dsc"] == pytest.approx(expected_dsc, abs=1e-12)
+        wt_ref, wt_cand = np.isin(reference, regions[0]), np.isin(candidate, regions[0])
+        if wt_ref.any() and wt_cand.any():
+            nsd = compute_surface_dice_at_tolerance(compute_surface_distances(wt_ref, wt_cand, spacing), 1.0)
+            assert r[f"nsd_{names[0]}"] == pytest.approx(nsd, abs=1e-6)
+        # each sample regenerates alone from its generator and seed; externals are stored unchanged
+        if r["generator"] == "external":
+            assert r["seed"] == -1
+            k = SUBJECTS.index(r["subject"])
+            expected = _shift(reference, k) if r["source"] == "preds-ep10" else _erase_enhancing(reference, k)
+            assert np.array_equal(candidate, expected)
+        else:
+            assert r["seed"] == derive_seed(OPTIONS["seed"], r["sample"])
+            again = generate_candidate(r["generator"], reference, r["seed"], spacing, labels, regions)
+            assert np.array_equal(again, candidate)
+        dscs.append(r["dsc"])
+    assert max(dscs) - min(dscs) > 0.5  # a spread of qualities, not one value
+
+    # the source dataset is untouched
+    assert _files(env.source) == env.source_files
+    assert {p: os.stat(os.path.join(env.source, p)).st_mtime_ns for p in env.source_files} == env.source_mtimes
+
+
+def test_plan_is_deterministic_and_seeds_do_not_depend_on_the_plan():
+    external = ExternalSource("ext", "unused", {"a": "a.nii.gz"})
+    plan = plan_samples(["b", "a"], [external], 2, 3, 7)
+    assert [s.sample for s in plan] == ["a__ext__000", "a__seggen__000", "a__seggen__001", "a__degrade__000",
+                                        "a__degrade__001", "a__degrade__002", "b__seggen__000", "b__seggen__001",
+                                        "b__degrade__000", "b__degrade__001", "b__degrade__002"]
+    assert plan == plan_samples(["a", "b"], [external], 2, 3, 7)
+    alone = {s.sample: s.seed for s in plan_samples(["b"], [], 2, 3, 7)}
+    assert all(alone[s.sample] == s.seed for s in plan if s.subject == "b")
+    seeds = [s.seed for s in plan if s.generator != "external"]
+    assert len(set(seeds)) == len(seeds)
+    assert derive_seed(7, "b__seggen__000") != derive_seed(8, "b__seggen__000")
+    expected = int(np.random.SeedSequence([7, zlib.crc32(b"b__seggen__000")]).generate_state(1)[0])
+    assert derive_seed(7, "b__seggen__000") == expected
+
+
+def test_two_processes_and_two_parts_equal_one_run(env):
+    again = convert_dataset(SOURCE_ID, 102, candidate_folders=env.externals, num_processes=2, verbose=False,
+                            **OPTIONS)
+    _assert_same_dataset(again.folder, env.reference.folder)
+
+    first = convert_dataset(SOURCE_ID, 103, candidate_folders=env.externals, num_parts=2, part_id=1,
+                            num_processes=1, verbose=False, **OPTIONS)
+    assert not first.complete and not os.path.exists(os.path.join(first.folder, TARGETS_CSV))
+    assert not os.path.exists(os.path.join(first.folder, "dataset.json"))
+    written = os.listdir(os.path.join(first.folder, CANDIDATES_FOLDER))
+    assert {n.split("__")[0] for n in written} == {"case_0001", "case_0003"}
+    second = convert_dataset(SOURCE_ID, 103, candidate_folders=env.externals, num_parts=2, part_id=0,
+                             num_processes=1, verbose=False, **OPTIONS)
+    assert second.complete and second.num_written < second.num_samples
+    _assert_same_dataset(second.folder, env.reference.folder)
+    # a finished dataset run again does nothing and stays identical
+    rerun = convert_dataset(SOURCE_ID, 103, candidate_folders=env.externals, num_processes=1, verbose=False,
+                            **OPTIONS)
+    assert rerun.complete and rerun.num_written == 0
+    _assert_same_dataset(rerun.folder, env.reference.folder)
+
+
+def test_resume_after_sigkill_equals_clean_run(env):
+    tags = ["preds-ep10", "other"]
+    command = [sys.executable, "-m", "nnqc.run.convert", "-s", str(SOURCE_ID), "-d", "104", "--candidates",
+               *env.externals, "--candidate_tags", *tags, "--seggen", str(OPTIONS["num_seggen"]),
+               "--degradations", str(OPTIONS["num_degradations"]), "--seed", str(OPTIONS["seed"]), "-np", "1"]
+    environment = dict(os.environ, PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    folder = os.path.join(os.environ["nnUNet_raw"], "Dataset104_PhantomQC")
+    records = progress_file(folder, 1, 0)
+    process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                               cwd=REPO_ROOT, start_new_session=True)
+    try:
+        deadline = time.time() + 60
+        while time.time() < deadline and process.poll() is None:
+            if os.path.isfile(records):
+                with open(records) as f:
+                    if f.read().count("\n") >= 5:
+                        break
+            time.sleep(0.01)
+        assert process.poll() is None, "the conversion finished before it could be killed"
+        os.killpg(process.pid, signal.SIGKILL)
+    finally:
+        process.wait()
+    assert not os.path.exists(os.path.join(folder, TARGETS_CSV))
+    done = len(open(records).read().splitlines())
+    assert 5 <= done < env.reference.num_samples
+    # what a kill during a write leaves: a truncated record and a temporary file
+    with open(records, "a") as f:
+        f.write('{"sample": "case_0003__degr')
+    with open(os.path.join(folder, CANDIDATES_FOLDER, ".tmp999_case_0003__seggen__000.nii.gz"), "wb") as f:
+        f.write(b"partial")
+
+    result = subprocess.run(command, env=environment, cwd=REPO_ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    _assert_same_dataset(folder, env.reference.folder)
+    with open(records) as f:
+        lines = f.read().splitlines()
+    assert all(json.loads(line)["sample"] for line in lines)  # the truncated line was cut, not continued
+    assert len({json.loads(line)["sample"] for line in lines}) == env.reference.num_samples
+
+
+def test_external_tags_and_missing_subject_warning(env):
+    with pytest.warns(UserWarning, match="no segmentation for 1 subject"):
+        result = convert_dataset(env.source, 105, "Tagged", candidate_folders=env.externals,
+                                 candidate_tags=["ep 10", "nnformer"], num_seggen=0, num_degradations=0,
+                                 num_processes=1, verbose=False)
+    columns, rows = read_qc_targets_csv(os.path.join(result.folder, TARGETS_CSV))
+    assert os.path.basename(result.folder) == "Dataset105_Tagged"
+    assert [r["sample"] for r in rows] == ["case_0000__ep-10__000", "case_0000__nnformer__000",
+                                           "case_0001__ep-10__000", "case_0001__nnformer__000",
+                                           "case_0002__ep-10__000", "case_0002__nnformer__000",
+                                           "case_0003__ep-10__000"]
+    assert {r["generator"] for r in rows} == {"external"} and {r["seed"] for r in rows} == {-1}
+    assert columns == target_columns(get_regions(env.dataset_json)[0])
+
+
+def _bad_case(env, name, tmp_path, fix):
+    """An external folder (or source copy) with one problem; returns the CLI arguments."""
+    folder = str(tmp_path / name)
+    shutil.copytree(env.externals[0], folder)
+    path = fix(folder)
+    return ["-s", SOURCE_ID, "-d", 110, "--candidates", folder, "--seggen", 1, "--degradations", 1, "-np", 1], path
+
+
+def _geometry_mismatch(folder):
+    path = os.path.join(folder, "case_0002.nii.gz")
+    array, image = _read(path)
+    _write_like(array, image, path, origin=tuple(o + 0.5 for o in image.GetOrigin()))
+    return path
+
+
+def _foreign_labels(folder):
+    path = os.path.join(folder, "case_0001.nii.gz")
+    array, image = _read(path)
+    array[0, 0, :3] = 7
+    _write_like(array, image, path)
+    return path
+
+
+def _orphan_file(folder):
+    path = os.path.join(folder, "case_0042.nii.gz")
+    shutil.copyfile(os.path.join(folder, "case_0000.nii.gz"), path)
+    return path
+
+
+def _unreadable_file(folder):
+    path = os.path.join(folder, "case_0003.nii.gz")
+    with open(path, "wb") as f:
+        f.write(b"not an image at all")
+    return path
+
+
+@pytest.mark.parametrize("fix", [_geometry_mismatch, _foreign_labels, _orphan_file, _unreadable_file])
+def test_bad_candidates_fail_naming_the_file_and_write_nothing(env, tmp_path, monkeypatch, capsys, fix):
+    args, bad_file = _bad_case(env, fix.__name__, tmp_path, fix)
+    assert _run_cli(monkeypatch, *args) == 1
+    assert bad_file in capsys.readouterr().err
+    assert not os.path.exists(os.path.join(os.environ["nnUNet_raw"], "Dataset110_PhantomQC"))
+
+
+def test_bad_source_fails_naming_the_file(env, tmp_path, monkeypatch, capsys):
+    source = str(tmp_path / "Dataset091_Broken")
+    shutil.copytree(env.source, source)
+    missing = os.path.join(source, "imagesTr", "case_0002_0001.nii.gz")
+    os.remove(missing)
+    assert _run_cli(monkeypatch, "-s", source, "-d", 111, "--seggen", 1, "--no_degradations", "-np", 1) == 1
+    assert missing in capsys.readouterr().err
+
+    shutil.copyfile(os.path.join(source, "imagesTr", "case_0002_0000.nii.gz"), missing)
+    channel = os.path.join(source, "imagesTr", "case_0001_0002.nii.gz")
+    array, image = _read(channel)
+    _write_like(array, image, channel, spacing=(1.0, 1.0, 1.0))
+    assert _run_cli(monkeypatch, "-s", source, "-d", 111, "--seggen", 1, "--no_degradations", "-np", 1) == 1
+    assert channel in capsys.readouterr().err
+    assert not os.path.exists(os.path.join(os.environ["nnUNet_raw"], "Dataset111_BrokenQC"))
+
+
+def test_resume_with_other_settings_is_refused(env):
+    with pytest.raises(ConversionError, match="other settings"):
+        convert_dataset(SOURCE_ID, 101, candidate_folders=env.externals, num_processes=1, verbose=False,
+                        num_seggen=OPTIONS["num_seggen"], num_degradations=OPTIONS["num_degradations"], seed=6)
+
+
+def test_verify_passes_on_good_data_and_fails_on_corrupted(env, tmp_path, monkeypatch, capsys):
+    assert _run_cli(monkeypatch, "--verify", "-d", 101, "-np", 1) == 0
+    assert "OK" in capsys.readouterr().out
+    assert verify_qc_dataset(env.reference.folder, 2, None, verbose=False).ok
+
+    def corrupted(name, damage):
+        folder = str(tmp_path / name)
+        shutil.copytree(env.reference.folder, folder)
+        damage(folder)
+        return verify_qc_dataset(folder, 1, None, verbose=False)
+
+    def edit_csv(folder):
+        path = os.path.join(folder, TARGETS_CSV)
+        lines = open(path).read().splitlines()
+        cells = lines[5].split(",")
+        cells[5] = repr(float(cells[5]) + 1e-4 if float(cells[5]) < 0.5 else float(cells[5]) - 1e-4)
+        lines[5] = ",".join(cells)
+        open(path, "w").write("\n".join(lines) + "\n")
+
+    def swap_candidates(folder):
+        a, b = (os.path.join(folder, CANDIDATES_FOLDER, f"case_0000__degrade__00{k}.nii.gz") for k in (0, 3))
+        shutil.copyfile(a, b)
+
+    def remove_candidate(folder):
+        os.remove(os.path.join(folder, CANDIDATES_FOLDER, "case_0001__seggen__001.nii.gz"))
+
+    def orphan(folder):
+        shutil.copyfile(os.path.join(folder, CANDIDATES_FOLDER, "case_0001__seggen__001.nii.gz"),
+                        os.path.join(folder, CANDIDATES_FOLDER, "case_0001__seggen__002.nii.gz"))
+
+    assert "qc_targets.csv differs" in "\n".join(corrupted("csv", edit_csv).problems)
+    problems = "\n".join(corrupted("swap", swap_candidates).problems)
+    assert "case_0000__degrade__003" in problems and "regenerated" in problems
+    assert "missing file" in "\n".join(corrupted("removed", remove_candidate).problems)
+    assert "orphan file" in "\n".join(corrupted("orphan", orphan).problems)
+    assert _run_cli(monkeypatch, "--verify", "-d", str(tmp_path / "orphan"), "-np", 1) == 1
