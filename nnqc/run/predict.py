@@ -1,0 +1,77 @@
+"""`nnQC_predict`: predicted DSC, NSD and error maps for folders of cases, without ground truth."""
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+import torch
+from batchgenerators.utilities.file_and_folder_operations import join
+from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+from nnqc.inference.predictor import DEFAULT_FLAG_BELOW, nnQCPredictor
+from nnqc.paths import require
+from nnqc.run.train import PLANS_IDENTIFIER
+
+
+def model_folder(dataset_name_or_id: str | int, trainer: str, plans: str, configuration: str) -> str:
+    """nnUNet_results/DatasetXXX/TRAINER__PLANS__CONFIGURATION, as nnU-Net names it."""
+    return join(require("nnUNet_results"), maybe_convert_to_dataset_name(dataset_name_or_id),
+                f"{trainer}__{plans}__{configuration}")
+
+
+def print_table(table) -> None:
+    """The summary as a plain table, worst first."""
+    shown = table.copy()
+    for column in shown.columns:
+        if column.startswith(("predicted_", "sem_volume")):
+            shown[column] = shown[column].map(lambda v: f"{v:.3f}" if isinstance(v, float) and v == v else "")
+    print(shown.to_string(index=False, max_colwidth=60))
+
+
+def predict_entry() -> None:
+    parser = argparse.ArgumentParser(description="Predict the quality (DSC, NSD) and the error maps of "
+                                                 "segmentations with a trained nnQC model.")
+    parser.add_argument("-i", required=True, help="images folder: CASE_0000.ext, CASE_0001.ext, ...")
+    parser.add_argument("-s", required=True, help="segmentations folder: CASE.ext for every case to assess")
+    parser.add_argument("-o", required=True, help="output folder (not an input folder)")
+    parser.add_argument("-d", required=True, help="dataset name or id the QC model was trained on")
+    parser.add_argument("-c", default="3d_fullres", help="configuration (default 3d_fullres)")
+    parser.add_argument("-f", nargs="+", default=None, help="folds to ensemble (default: every trained fold)")
+    parser.add_argument("-tr", default="nnQCTrainer", help="trainer (default nnQCTrainer)")
+    parser.add_argument("-p", default=PLANS_IDENTIFIER, help=f"plans identifier (default {PLANS_IDENTIFIER})")
+    parser.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint name (default checkpoint_final.pth)")
+    parser.add_argument("-device", default="cuda", choices=("cuda", "cpu", "mps"), help="device (default cuda)")
+    parser.add_argument("--no_maps", action="store_true", help="do not write the error maps")
+    parser.add_argument("--flag_below", type=float, default=DEFAULT_FLAG_BELOW,
+                        help=f"flag cases whose predicted DSC is below this (default {DEFAULT_FLAG_BELOW})")
+    parser.add_argument("-num_parts", type=int, default=1, help="split the cases into this many parts")
+    parser.add_argument("-part_id", type=int, default=0, help="which part this run predicts (0-based)")
+    parser.add_argument("--continue_prediction", action="store_true", help="skip cases already predicted")
+    parser.add_argument("--report", action="store_true", help="write the HTML report qc_report.html")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("CUDA is not available here; use -device cpu")
+    if device.type == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+    predictor = nnQCPredictor(device)
+    try:
+        predictor.initialize_from_trained_model_folder(model_folder(args.d, args.tr, args.p, args.c), args.f,
+                                                       args.chk)
+        table = predictor.predict_from_files(args.i, args.s, args.o, not args.no_maps, args.flag_below,
+                                             args.num_parts, args.part_id, args.continue_prediction)
+    except (FileNotFoundError, ValueError, RuntimeError) as e:
+        print(f"nnQC_predict: error: {e}", file=sys.stderr)
+        sys.exit(1)
+    print_table(table)
+    print(f"\n{int((table['status'] == 'ok').sum())} case(s) assessed, {int(table['flagged'].fillna(False).sum())} "
+          f"flagged (predicted DSC < {args.flag_below}); summary: {join(args.o, 'qc_summary.csv')}")
+    if args.report:
+        from nnqc.evaluation.report import write_report
+
+        print(f"report: {write_report(args.o)}")
+
+
+if __name__ == "__main__":
+    predict_entry()

@@ -1,0 +1,111 @@
+"""`nnQC_train DATASET CONFIGURATION FOLD`: nnU-Net's training command for QC trainers."""
+from __future__ import annotations
+
+import argparse
+import os
+
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from batchgenerators.utilities.file_and_folder_operations import join, load_json
+from nnunetv2.run.run_training import find_free_network_port, maybe_load_checkpoint
+from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
+
+from nnqc.paths import require
+from nnqc.trainer_lookup import get_trainer_class
+
+PLANS_IDENTIFIER = "nnQCPlans"
+
+
+def get_trainer(dataset_name_or_id: str | int, configuration: str, fold: int | str, trainer_name: str = "nnQCTrainer",
+                plans_identifier: str = PLANS_IDENTIFIER, continue_training: bool = False,
+                device: torch.device = torch.device("cuda")):
+    """Instantiate a trainer for a preprocessed QC dataset, as nnU-Net's get_trainer_from_args does."""
+    trainer_class = get_trainer_class(trainer_name)
+    dataset_name = maybe_convert_to_dataset_name(dataset_name_or_id)
+    folder = join(require("nnUNet_preprocessed"), dataset_name)
+    plans_file = join(folder, plans_identifier + ".json")
+    if not os.path.isfile(plans_file):
+        raise FileNotFoundError(f"{plans_file} not found: run nnQC_plan_and_preprocess -d {dataset_name_or_id} first")
+    plans = load_json(plans_file)
+    if configuration not in plans["configurations"]:
+        raise ValueError(f"configuration {configuration!r} is not in {plans_file} "
+                         f"(has {list(plans['configurations'])})")
+    plans["continue_training"] = continue_training
+    return trainer_class(plans=plans, configuration=configuration, fold=fold,
+                         dataset_json=load_json(join(folder, "dataset.json")), device=device)
+
+
+def _train_and_validate(trainer, continue_training: bool, only_run_validation: bool, val_with_best: bool,
+                        disable_checkpointing: bool) -> None:
+    if continue_training and only_run_validation:
+        raise ValueError("--c and --val cannot be combined")
+    trainer.disable_checkpointing = disable_checkpointing
+    maybe_load_checkpoint(trainer, continue_training, only_run_validation)
+    if torch.cuda.is_available():
+        torch.backends.cudnn.deterministic = False
+        torch.backends.cudnn.benchmark = True
+    if not only_run_validation:
+        trainer.run_training()
+    if val_with_best:
+        trainer.load_checkpoint(join(trainer.output_folder, "checkpoint_best.pth"))
+    trainer.perform_actual_validation()
+
+
+def _run_ddp(rank: int, world_size: int, kwargs: dict, run_kwargs: dict) -> None:
+    dist.init_process_group("nccl", rank=rank, world_size=world_size)
+    torch.cuda.set_device(torch.device("cuda", rank))
+    try:
+        _train_and_validate(get_trainer(**kwargs), **run_kwargs)
+    finally:
+        dist.destroy_process_group()
+
+
+def run_training(dataset_name_or_id: str | int, configuration: str, fold: int | str,
+                 trainer_name: str = "nnQCTrainer", plans_identifier: str = PLANS_IDENTIFIER, num_gpus: int = 1,
+                 continue_training: bool = False, only_run_validation: bool = False, val_with_best: bool = False,
+                 disable_checkpointing: bool = False, device: torch.device = torch.device("cuda")) -> None:
+    """Train (and then validate) one fold; with num_gpus > 1, DistributedDataParallel as nnU-Net does it."""
+    if isinstance(fold, str) and fold != "all":
+        fold = int(fold)
+    kwargs = dict(dataset_name_or_id=dataset_name_or_id, configuration=configuration, fold=fold,
+                  trainer_name=trainer_name, plans_identifier=plans_identifier, continue_training=continue_training)
+    run_kwargs = dict(continue_training=continue_training, only_run_validation=only_run_validation,
+                      val_with_best=val_with_best, disable_checkpointing=disable_checkpointing)
+    if num_gpus > 1:
+        if device.type != "cuda":
+            raise ValueError("-num_gpus > 1 needs -device cuda")
+        os.environ.setdefault("MASTER_ADDR", "localhost")
+        os.environ.setdefault("MASTER_PORT", str(find_free_network_port()))
+        mp.spawn(_run_ddp, args=(num_gpus, kwargs, run_kwargs), nprocs=num_gpus, join=True)
+    else:
+        _train_and_validate(get_trainer(**kwargs, device=device), **run_kwargs)
+
+
+def train_entry() -> None:
+    parser = argparse.ArgumentParser(description="Train a QC network (QCResUNet by default) on a preprocessed "
+                                                 "QC dataset, one fold at a time.")
+    parser.add_argument("dataset_name_or_id", help="dataset name or id, e.g. 501")
+    parser.add_argument("configuration", help="configuration in the plans, e.g. 3d_fullres")
+    parser.add_argument("fold", help="fold 0-4, or 'all'")
+    parser.add_argument("-tr", default="nnQCTrainer", help="trainer class (default nnQCTrainer)")
+    parser.add_argument("-p", default=PLANS_IDENTIFIER, help=f"plans identifier (default {PLANS_IDENTIFIER})")
+    parser.add_argument("-num_gpus", type=int, default=1, help="GPUs for DistributedDataParallel training")
+    parser.add_argument("--c", action="store_true", help="continue from the latest checkpoint")
+    parser.add_argument("--val", action="store_true", help="only run the final validation (training must be done)")
+    parser.add_argument("--val_best", action="store_true", help="validate with checkpoint_best instead of final")
+    parser.add_argument("--disable_checkpointing", action="store_true", help="do not write checkpoints")
+    parser.add_argument("-device", default="cuda", choices=("cuda", "cpu", "mps"),
+                        help="device to train on (default cuda)")
+    args = parser.parse_args()
+    device = torch.device(args.device)
+    if device.type == "cpu":
+        torch.set_num_threads(os.cpu_count() or 1)
+    elif device.type == "cuda" and not torch.cuda.is_available():
+        parser.error("CUDA is not available here; use -device cpu")
+    run_training(args.dataset_name_or_id, args.configuration, args.fold, args.tr, args.p, args.num_gpus, args.c,
+                 args.val, args.val_best, args.disable_checkpointing, device)
+
+
+if __name__ == "__main__":
+    train_entry()

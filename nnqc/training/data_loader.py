@@ -1,0 +1,121 @@
+"""Whole-case QC training examples: (subject images, one candidate) at the plan's fixed input shape.
+
+Unlike nnU-Net's patch loader, QC sees the whole case: every array is centre-cropped or zero-padded to the
+fixed shape, and batches are drawn evenly over the DSC bins (SPEC §4).
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+import pandas as pd
+import torch
+from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
+from batchgenerators.dataloading.data_loader import SlimDataLoaderBase
+from nnunetv2.training.dataloading.nnunet_dataset import nnUNetBaseDataset
+
+from nnqc.sampling import BalancedBatchSampler
+
+CANDIDATES_FOLDER = "candidates"
+
+
+def centre_bbox(spatial_shape: Sequence[int], shape: Sequence[int]) -> list[list[int]]:
+    """The window of size `shape` centred on an array of `spatial_shape` (may reach outside it)."""
+    return [[(s - p) // 2, (s - p) // 2 + p] for s, p in zip(spatial_shape, shape)]
+
+
+def centre_crop_or_pad(array: np.ndarray, shape: Sequence[int], pad_value: float = 0) -> np.ndarray:
+    """Crop or zero-pad the trailing spatial axes of `array` (C, *S) to `shape`, keeping the centre."""
+    return crop_and_pad_nd(array, centre_bbox(array.shape[1:], shape), pad_value)
+
+
+def undo_centre_crop_or_pad(array: np.ndarray, spatial_shape: Sequence[int]) -> np.ndarray:
+    """Inverse of centre_crop_or_pad for an output (C, *P): back to (C, *spatial_shape), zero where the
+    window did not reach."""
+    bbox = centre_bbox(spatial_shape, array.shape[1:])
+    out = np.zeros((array.shape[0], *spatial_shape), dtype=array.dtype)
+    target = tuple(slice(max(lo, 0), min(hi, s)) for (lo, hi), s in zip(bbox, spatial_shape))
+    source = tuple(slice(t.start - lo, t.stop - lo) for t, (lo, _) in zip(target, bbox))
+    out[(slice(None), *target)] = array[(slice(None), *source)]
+    return out
+
+
+def load_candidate(preprocessed_folder: str, sample: str) -> np.ndarray:
+    """The preprocessed candidate label map (1, *S) of a sample."""
+    path = os.path.join(preprocessed_folder, CANDIDATES_FOLDER, sample + ".npz")
+    try:
+        with np.load(path) as f:
+            return f["seg"]
+    except (OSError, KeyError, ValueError) as e:
+        raise RuntimeError(f"cannot read the preprocessed candidate {path}: {e}") from e
+
+
+def load_example(dataset: nnUNetBaseDataset, preprocessed_folder: str, subject: str, sample: str,
+                 patch_size: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Images (M, *P) float32 and the stacked [reference, candidate] label maps (2, *P) int16."""
+    data, seg, _, _ = dataset.load_case(subject)
+    candidate = load_candidate(preprocessed_folder, sample)
+    if candidate.shape[1:] != seg.shape[1:]:
+        raise RuntimeError(f"sample {sample}: candidate shape {candidate.shape[1:]} differs from its subject "
+                           f"{subject}'s {seg.shape[1:]}; rerun nnQC_plan_and_preprocess --clean")
+    images = centre_crop_or_pad(np.asarray(data, dtype=np.float32), patch_size)
+    labels = np.concatenate((np.asarray(seg, dtype=np.int16), candidate.astype(np.int16)))
+    return images, centre_crop_or_pad(labels, patch_size)
+
+
+def collate(examples: Sequence[tuple[np.ndarray, np.ndarray]], rows: pd.DataFrame, transforms=None) -> dict:
+    """Stack examples into a batch dict; `transforms` (batchgeneratorsv2) run per example on image and
+    labels together, so spatial transforms move images, reference and candidate identically."""
+    images, labels = [], []
+    for image, label in examples:
+        image, label = torch.from_numpy(image), torch.from_numpy(label)
+        if transforms is not None:
+            out = transforms(image=image, segmentation=label)
+            image, label = out["image"], out["segmentation"]
+        images.append(image)
+        labels.append(label)
+    labels = torch.stack(labels)
+    return {"data": torch.stack(images), "reference": labels[:, :1], "candidate": labels[:, 1:],
+            "quality": torch.from_numpy(rows[["dsc", "nsd"]].to_numpy(np.float32)),
+            "samples": list(rows["sample"])}
+
+
+class nnQCDataLoader(SlimDataLoaderBase):
+    """Endless training batches, each drawn evenly over the DSC bins, afresh at every call.
+
+    The sampler is created lazily in the process that draws from it: nnU-Net's augmenter copies this
+    object into each worker, and a sampler seeded before that copy would make every worker draw the same.
+    """
+
+    def __init__(self, dataset: nnUNetBaseDataset, samples: pd.DataFrame, preprocessed_folder: str,
+                 batch_size: int, patch_size: Sequence[int], transforms=None, seed: int | None = None):
+        super().__init__(dataset, batch_size, None)
+        if len(samples) == 0:
+            raise RuntimeError("no QC samples for the training subjects of this fold")
+        self.samples = samples.reset_index(drop=True)
+        self.preprocessed_folder = preprocessed_folder
+        self.patch_size = tuple(patch_size)
+        self.transforms = transforms
+        self.seed = seed
+        self._sampler, self._pid = None, None
+
+    def generate_train_batch(self) -> dict:
+        if self._sampler is None or self._pid != os.getpid():
+            seed = None if self.seed is None else self.seed + self.thread_id
+            self._sampler = BalancedBatchSampler(self.samples["dsc"].to_numpy(), self.batch_size, seed=seed)
+            self._pid = os.getpid()
+        rows = self.samples.iloc[self._sampler.sample_batch()]
+        examples = [load_example(self._data, self.preprocessed_folder, r.subject, r.sample, self.patch_size)
+                    for r in rows.itertuples()]
+        return collate(examples, rows, self.transforms)
+
+
+def iterate_batches(dataset: nnUNetBaseDataset, samples: pd.DataFrame, preprocessed_folder: str, batch_size: int,
+                    patch_size: Sequence[int]):
+    """Deterministic, unaugmented batches over `samples` in order (validation)."""
+    for start in range(0, len(samples), batch_size):
+        rows = samples.iloc[start:start + batch_size]
+        examples = [load_example(dataset, preprocessed_folder, r.subject, r.sample, patch_size)
+                    for r in rows.itertuples()]
+        yield collate(examples, rows)
