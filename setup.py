@@ -28,6 +28,10 @@ setup(
     },
     entry_points={
         "console_scripts": [
+            "nnQC_convert = nnqc.run.convert:convert_entry",
+            "nnQC_plan_and_preprocess = nnqc.run.plan_and_preprocess:plan_and_preprocess_entry",
+            "nnQC_train = nnqc.run.train:train_entry",
+            "nnQC_predict = nnqc.run.predict:predict_entry",
         ],
     },
 )

@@ -1,0 +1,77 @@
+"""A tiny trained nnQC pipeline shared by the training, prediction and evaluation tests.
+
+Built once per test session in a temporary folder: phantom source dataset -> nnQC_convert ->
+plan and preprocess -> two folds of nnQCTrainer_2epochs on CPU.
+"""
+import os
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
+
+SOURCE_ID, QC_ID = 700, 701
+TRAINER = "nnQCTrainer_2epochs"
+
+
+class SmallSampleFingerprintExtractor(DatasetFingerprintExtractor):
+    """nnU-Net samples 1e8 foreground intensities per dataset, i.e. millions per subject of a tiny dataset;
+    a few thousand keep tests fast and change nothing that planning uses."""
+
+    def __init__(self, *args, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.num_foreground_voxels_for_intensitystats = 30000
+
+
+@dataclass
+class TrainedPipeline:
+    raw: str
+    preprocessed: str
+    results: str
+    source_folder: str
+    qc_dataset: str
+
+    def env(self) -> dict:
+        return {"nnUNet_raw": self.raw, "nnUNet_preprocessed": self.preprocessed, "nnUNet_results": self.results}
+
+
+@pytest.fixture(scope="session")
+def trained_pipeline(tmp_path_factory) -> TrainedPipeline:
+    from dataset_conversion.phantoms import write_phantom_dataset
+    from nnqc.experiment_planning.plan_and_preprocess import plan_and_preprocess
+    from nnqc.qc_data.conversion import convert_dataset
+    from nnqc.run.train import run_training
+
+    base = tmp_path_factory.mktemp("nnqc_pipeline")
+    pipeline = TrainedPipeline(str(base / "raw"), str(base / "preprocessed"), str(base / "results"), "", "")
+    for folder in (pipeline.raw, pipeline.preprocessed, pipeline.results):
+        os.makedirs(folder)
+    saved = {k: os.environ.get(k) for k in (*pipeline.env(), "nnUNet_n_proc_DA")}
+    os.environ.update(pipeline.env())
+    os.environ["nnUNet_n_proc_DA"] = "0"
+    try:
+        pipeline.source_folder = write_phantom_dataset(SOURCE_ID, "Phantom", 8, "brats", shape=(40, 48, 40), seed=3,
+                                                       num_test=3)
+        pipeline.qc_dataset = convert_dataset(SOURCE_ID, QC_ID, num_seggen=2, num_degradations=6,
+                                              verbose=False).folder
+        plan_and_preprocess([QC_ID], num_processes=1, fingerprint_extractor_class=SmallSampleFingerprintExtractor)
+        torch.manual_seed(0)
+        np.random.seed(0)
+        for fold in (0, 1):
+            run_training(QC_ID, "3d_fullres", fold, TRAINER, device=torch.device("cpu"))
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+    return pipeline
+
+
+@pytest.fixture
+def pipeline_env(trained_pipeline, monkeypatch) -> TrainedPipeline:
+    """The trained pipeline with nnU-Net's folder variables pointing at it for one test."""
+    for key, value in trained_pipeline.env().items():
+        monkeypatch.setenv(key, value)
+    return trained_pipeline

@@ -1,0 +1,194 @@
+"""nnQC_predict with a tiny trained model: outputs, geometry, ensembling, parts, bad input."""
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pandas as pd
+import pytest
+import SimpleITK as sitk
+import torch
+from batchgenerators.utilities.file_and_folder_operations import join, load_json
+from conftest import QC_ID, TRAINER
+
+from nnqc.inference.predictor import CaseError, decode_sem_bits, nnQCPredictor
+from nnqc.run.predict import model_folder
+
+OBLIQUE = (0.8660254, -0.5, 0.0, 0.5, 0.8660254, 0.0, 0.0, 0.0, 1.0)
+
+
+def snapshot(folder):
+    return {f: (os.path.getmtime(join(folder, f)), os.path.getsize(join(folder, f)))
+            for f in sorted(os.listdir(folder))}
+
+
+def write_like(array, reference: sitk.Image, path, spacing=None, direction=None):
+    image = sitk.GetImageFromArray(array)
+    image.CopyInformation(reference)
+    if spacing is not None:
+        image.SetSpacing(spacing)
+    if direction is not None:
+        image.SetDirection(direction)
+    sitk.WriteImage(image, path, True)
+
+
+@pytest.fixture(scope="module")
+def cases(trained_pipeline, tmp_path_factory):
+    """Images/segmentations of the phantom test cases: good, degraded, anisotropic + oblique, and broken ones."""
+    base = tmp_path_factory.mktemp("predict_inputs")
+    images, segs = base / "images", base / "segs"
+    images.mkdir()
+    segs.mkdir()
+    src = trained_pipeline.source_folder
+    names = sorted(f[:-7] for f in os.listdir(join(src, "labelsTs")))
+    good, poor, oblique = names
+    for name in names:
+        for c in range(4):
+            shutil.copy(join(src, "imagesTs", f"{name}_{c:04d}.nii.gz"), images)
+    label = sitk.ReadImage(join(src, "labelsTs", good + ".nii.gz"))
+    sitk.WriteImage(label, str(segs / f"{good}.nii.gz"), True)
+    poor_label = sitk.ReadImage(join(src, "labelsTs", poor + ".nii.gz"))
+    arr = sitk.GetArrayFromImage(poor_label)
+    write_like(np.roll(arr, 6, axis=1), poor_label, str(segs / f"{poor}.nii.gz"))
+    # anisotropic spacing and a non-identity direction, for the images and the segmentation alike
+    ob_label = sitk.ReadImage(join(src, "labelsTs", oblique + ".nii.gz"))
+    for c in range(4):
+        path = str(images / f"{oblique}_{c:04d}.nii.gz")
+        img = sitk.ReadImage(path)
+        write_like(sitk.GetArrayFromImage(img), img, path, (1.3, 0.9, 1.6), OBLIQUE)
+    write_like(sitk.GetArrayFromImage(ob_label), ob_label, str(segs / f"{oblique}.nii.gz"), (1.3, 0.9, 1.6), OBLIQUE)
+    return {"images": str(images), "segs": str(segs), "names": names}
+
+
+def run_predict(env, *args):
+    return subprocess.run([sys.executable, "-m", "nnqc.run.predict", "-d", str(QC_ID), "-tr", TRAINER,
+                           "-device", "cpu", *args], capture_output=True, text=True, env={**os.environ, **env})
+
+
+def test_outputs_and_geometry(trained_pipeline, cases, tmp_path):
+    before = snapshot(cases["images"]), snapshot(cases["segs"])
+    out = str(tmp_path / "out")
+    result = run_predict(trained_pipeline.env(), "-i", cases["images"], "-s", cases["segs"], "-o", out, "-f", "0",
+                         "--flag_below", "0.99")
+    assert result.returncode == 0, result.stderr
+    assert "case(s) assessed" in result.stdout
+    table = pd.read_csv(join(out, "qc_summary.csv"))
+    assert sorted(table["case"]) == cases["names"] and (table["status"] == "ok").all()
+    assert list(table["predicted_dsc"]) == sorted(table["predicted_dsc"])  # worst first
+    assert table["flagged"].all()  # every prediction is below 0.99 for this barely trained model
+    assert ((table["predicted_dsc"] >= 0) & (table["predicted_dsc"] <= 1)).all()
+    assert load_json(join(out, "qc_summary.json"))["cases"][0]["case"] == table["case"][0]
+    for name in cases["names"]:
+        sem = sitk.ReadImage(join(out, name + ".nii.gz"))
+        seg = sitk.ReadImage(join(cases["segs"], name + ".nii.gz"))
+        assert sem.GetSize() == seg.GetSize()
+        assert np.allclose(sem.GetSpacing(), seg.GetSpacing()) and np.allclose(sem.GetOrigin(), seg.GetOrigin())
+        assert np.allclose(sem.GetDirection(), seg.GetDirection())
+        bits = sitk.GetArrayFromImage(sem)
+        assert bits.max() < 8
+        volumes = decode_sem_bits(bits, 3).sum((1, 2, 3)) * np.prod(seg.GetSpacing()) / 1000
+        row = table.set_index("case").loc[name]
+        assert np.allclose(volumes, row[["sem_volume_ml_whole_tumor", "sem_volume_ml_tumor_core",
+                                         "sem_volume_ml_enhancing_tumor"]].to_numpy(float))
+    assert (snapshot(cases["images"]), snapshot(cases["segs"])) == before
+    assert not [f for f in os.listdir(out) if f.startswith(".tmp")]
+
+
+def test_ensemble_is_the_mean_of_folds_and_arrays_match_files(pipeline_env, cases, tmp_path):
+    folder = model_folder(QC_ID, TRAINER, "nnQCPlans", "3d_fullres")
+    tables = {}
+    for folds in ((0,), (1,), (0, 1)):
+        predictor = nnQCPredictor(torch.device("cpu"), allow_tqdm=False)
+        predictor.initialize_from_trained_model_folder(folder, folds)
+        tables[folds] = predictor.predict_from_files(cases["images"], cases["segs"], str(tmp_path / str(folds)),
+                                                     save_maps=folds == (0, 1)).set_index("case")
+    mean = (tables[(0,)]["predicted_dsc"] + tables[(1,)]["predicted_dsc"]) / 2
+    assert np.allclose(tables[(0, 1)]["predicted_dsc"], mean.loc[tables[(0, 1)].index], atol=1e-6)
+    sd = (tables[(0,)]["predicted_nsd"] - tables[(1,)]["predicted_nsd"]).abs() / 2
+    assert np.allclose(tables[(0, 1)]["predicted_nsd_sd"], sd.loc[tables[(0, 1)].index], atol=1e-6)
+    assert not any(f.endswith(".nii.gz") for f in os.listdir(tmp_path / "(0,)"))  # maps off
+    # the array API gives the same answer as the file API
+    name = cases["names"][1]
+    reader = predictor.plans_manager.image_reader_writer_class()
+    images, properties = reader.read_images([join(cases["images"], f"{name}_{c:04d}.nii.gz") for c in range(4)])
+    seg, _ = reader.read_seg(join(cases["segs"], name + ".nii.gz"))
+    result = predictor.predict_from_arrays(images, seg, properties)
+    assert result["dsc"] == pytest.approx(tables[(0, 1)].loc[name, "predicted_dsc"], abs=1e-6)
+    written = sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "(0, 1)" / f"{name}.nii.gz")))
+    assert np.array_equal(result["sem"], decode_sem_bits(written, 3))
+
+
+def test_nan_in_an_image_is_refused(pipeline_env, cases):
+    # ITK's NIfTI reader turns NaN into 0, so NaN can only arrive through the array API (or other formats)
+    predictor = nnQCPredictor(torch.device("cpu"), allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(model_folder(QC_ID, TRAINER, "nnQCPlans", "3d_fullres"), (0,))
+    name = cases["names"][0]
+    reader = predictor.plans_manager.image_reader_writer_class()
+    images, properties = reader.read_images([join(cases["images"], f"{name}_{c:04d}.nii.gz") for c in range(4)])
+    seg, _ = reader.read_seg(join(cases["segs"], name + ".nii.gz"))
+    images[2, 5, 5, 5] = np.nan
+    with pytest.raises(CaseError, match="NaN"):
+        predictor.predict_from_arrays(images, seg, properties)
+
+
+def test_parts_and_continue_merge_into_one_summary(pipeline_env, cases, tmp_path):
+    predictor = nnQCPredictor(torch.device("cpu"), allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(model_folder(QC_ID, TRAINER, "nnQCPlans", "3d_fullres"), (0,))
+    out = str(tmp_path / "out")
+    first = predictor.predict_from_files(cases["images"], cases["segs"], out, num_parts=2, part_id=0)
+    assert len(first) == 2
+    full = predictor.predict_from_files(cases["images"], cases["segs"], out, num_parts=2, part_id=1)
+    assert sorted(full["case"]) == cases["names"]
+    stamp = os.path.getmtime(join(out, "qc_cases", cases["names"][0] + ".json"))
+    again = predictor.predict_from_files(cases["images"], cases["segs"], out, continue_prediction=True)
+    assert os.path.getmtime(join(out, "qc_cases", cases["names"][0] + ".json")) == stamp
+    pd.testing.assert_frame_equal(again, full)
+
+
+def test_bad_input_cases_are_skipped_with_their_reason(trained_pipeline, cases, tmp_path):
+    images, segs = tmp_path / "images", tmp_path / "segs"
+    shutil.copytree(cases["images"], images)
+    shutil.copytree(cases["segs"], segs)
+    good = cases["names"][0]
+    src_img = sitk.ReadImage(str(images / f"{good}_0000.nii.gz"))
+    src_seg = sitk.ReadImage(str(segs / f"{good}.nii.gz"))
+    arr, seg_arr = sitk.GetArrayFromImage(src_img), sitk.GetArrayFromImage(src_seg)
+
+    def add_case(name, seg=None, channel_arrays=None, seg_spacing=None, skip_channel=None):
+        for c in range(4):
+            if c != skip_channel:
+                a = channel_arrays[c] if channel_arrays is not None else arr
+                write_like(a, src_img, str(images / f"{name}_{c:04d}.nii.gz"))
+        write_like(seg_arr if seg is None else seg, src_seg, str(segs / f"{name}.nii.gz"), seg_spacing)
+
+    add_case("missing_channel", skip_channel=2)
+    add_case("geometry_mismatch", seg_spacing=(2.0, 1.0, 1.0))
+    bad_labels = seg_arr.copy()
+    bad_labels[0, 0, 0] = 7
+    add_case("foreign_labels", seg=bad_labels)
+    for c in range(4):  # a 2D image and segmentation
+        sitk.WriteImage(sitk.GetImageFromArray(arr[20]), str(images / f"flat_{c:04d}.nii.gz"))
+    sitk.WriteImage(sitk.GetImageFromArray(seg_arr[20]), str(segs / "flat.nii.gz"))
+    shutil.copy(images / f"{good}_0000.nii.gz", images / "no_segmentation_0000.nii.gz")
+    before = snapshot(images), snapshot(segs)
+
+    out = str(tmp_path / "out")
+    result = run_predict(trained_pipeline.env(), "-i", str(images), "-s", str(segs), "-o", out, "-f", "0")
+    assert result.returncode == 0, result.stderr
+    table = pd.read_csv(join(out, "qc_summary.csv")).set_index("case")
+    reasons = {
+        "missing_channel": "missing channel file", "geometry_mismatch": "geometry", "foreign_labels": "labels [7]",
+        "flat": "3D", "no_segmentation": "no segmentation"}
+    for case, reason in reasons.items():
+        assert table.loc[case, "status"].startswith("skipped") and reason in table.loc[case, "status"], case
+        assert case in result.stdout + result.stderr
+        assert not os.path.exists(join(out, case + ".nii.gz"))
+    assert (table.loc[cases["names"], "status"] == "ok").all()
+    assert list(table.index[-len(reasons):]) == sorted(reasons)  # skipped cases listed last
+    assert (snapshot(images), snapshot(segs)) == before
+
+    for bad_output in (str(images), str(segs), str(images / "sub")):
+        result = run_predict(trained_pipeline.env(), "-i", str(images), "-s", str(segs), "-o", bad_output)
+        assert result.returncode != 0 and "must not be" in result.stderr
+    assert (snapshot(images), snapshot(segs)) == before

@@ -1,0 +1,170 @@
+"""nnQCTrainer on a tiny phantom QC dataset: training, checkpoints, resuming, validation, data and augmentation."""
+import json
+import os
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+from batchgenerators.utilities.file_and_folder_operations import join, load_json
+from conftest import QC_ID, TRAINER
+from nnunetv2.run.run_training import maybe_load_checkpoint
+
+from nnqc.metrics.regions import region_masks
+from nnqc.sampling import dsc_bins
+from nnqc.training.loss import QCLoss
+from nnqc.training.lr_schedule import ExponentialDecayLR
+from nnqc.training.qc_inputs import network_input, sem_targets
+from nnqc.training.transforms import qc_training_transforms
+from nnqc_trainers.nnQCTrainer_ModalityDropout import drop_channels
+
+REGIONS = [(1, 2, 3), (2, 3), (3,)]
+
+
+def fold_folder(pipeline, fold, trainer=TRAINER):
+    return join(pipeline.results, f"Dataset{QC_ID}_PhantomQC", f"{trainer}__nnQCPlans__3d_fullres", f"fold_{fold}")
+
+
+def test_training_writes_checkpoints_logs_and_validation(pipeline_env):
+    folder = fold_folder(pipeline_env, 0)
+    for name in ("checkpoint_final.pth", "checkpoint_best.pth", "progress.png", "debug.json"):
+        assert os.path.isfile(join(folder, name)), name
+    assert not os.path.exists(join(folder, "checkpoint_latest.pth"))  # removed once training is done
+    checkpoint = torch.load(join(folder, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
+    assert checkpoint["current_epoch"] == 2 and checkpoint["trainer_name"] == TRAINER
+    log = checkpoint["logging"]
+    assert len(log["val_dsc_r"]) == 2 and len(log["train_losses"]) == 2 and len(log["lrs"]) == 2
+    assert log["lrs"][1] == pytest.approx(2.1e-4 * 0.9)  # paper schedule: x 0.9 per epoch
+    summary = load_json(join(folder, "validation", "summary.json"))
+    predictions = pd.read_csv(join(folder, "validation", "qc_predictions.csv"), dtype={"subject": str})
+    assert summary["num_samples"] == len(predictions) > 0
+    assert set(summary["dsc"]) == {"r", "mae", "mae_sd", "n"}
+    assert summary["dsc"]["mae"] == pytest.approx(np.mean(np.abs(predictions["dsc"] - predictions["predicted_dsc"])))
+    assert set(summary["dsc_sem"]) == {"whole_tumor", "tumor_core", "enhancing_tumor", "mean"}
+    # the final validation set is the balanced subset of the validation subjects' samples only
+    splits = load_json(join(pipeline_env.preprocessed, f"Dataset{QC_ID}_PhantomQC", "splits_final.json"))
+    assert set(predictions["subject"]) <= set(splits[0]["val"])
+    counts = np.bincount(dsc_bins(predictions["dsc"].to_numpy()), minlength=10)
+    assert len(set(counts[counts > 0])) == 1
+
+
+def test_continue_training_resumes_where_it_stopped(pipeline_env):
+    from nnqc.run.train import get_trainer
+
+    trainer = get_trainer(QC_ID, "3d_fullres", 1, TRAINER, continue_training=True, device=torch.device("cpu"))
+    trainer.num_epochs = 3
+    maybe_load_checkpoint(trainer, continue_training=True, validation_only=False)
+    assert trainer.current_epoch == 2
+    trainer.run_training()
+    checkpoint = torch.load(join(trainer.output_folder, "checkpoint_final.pth"), map_location="cpu",
+                            weights_only=False)
+    assert checkpoint["current_epoch"] == 3
+    assert len(checkpoint["logging"]["train_losses"]) == 3
+    # resuming restored the learning rate schedule, not restarted it
+    assert checkpoint["logging"]["lrs"][2] == pytest.approx(2.1e-4 * 0.9 ** 2)
+
+
+def test_training_subjects_and_batches(pipeline_env):
+    from nnqc.run.train import get_trainer
+
+    trainer = get_trainer(QC_ID, "3d_fullres", 0, TRAINER, device=torch.device("cpu"))
+    trainer.initialize()
+    train_keys, val_keys = trainer.do_split()
+    assert not set(train_keys) & set(val_keys)
+    os.environ["nnUNet_n_proc_DA"] = "0"
+    try:
+        loader, _ = trainer.get_dataloaders()
+    finally:
+        del os.environ["nnUNet_n_proc_DA"]
+    samples = loader.data_loader.samples
+    assert set(samples["subject"]) == set(train_keys)
+    bins_seen = []
+    for _ in range(6):
+        batch = next(loader)
+        assert batch["data"].shape == (4, 4, *trainer.configuration_manager.patch_size)
+        assert batch["reference"].shape == batch["candidate"].shape == (4, 1, *trainer.configuration_manager.patch_size)
+        rows = samples.set_index("sample").loc[batch["samples"]]
+        bins = dsc_bins(rows["dsc"].to_numpy())
+        assert len(set(bins)) == len(bins)  # one sample per bin in each batch
+        assert np.allclose(batch["quality"].numpy(), rows[["dsc", "nsd"]].to_numpy())
+        bins_seen += list(bins)
+    assert len(set(bins_seen)) > 4
+
+
+def test_augmentation_keeps_images_reference_and_candidate_aligned():
+    rng = np.random.default_rng(0)
+    shape = (24, 32, 28)
+    reference = np.zeros(shape, np.int16)
+    reference[6:18, 8:24, 6:22] = 1
+    reference[9:15, 12:20, 10:18] = 2
+    reference[11:13, 14:18, 12:16] = 3
+    candidate = np.roll(reference, 3, axis=1)
+    candidate[candidate == 3] = 2
+    sem = sem_targets(torch.from_numpy(reference)[None, None], torch.from_numpy(candidate)[None, None], REGIONS)[0]
+    image = torch.from_numpy((reference + rng.normal(0, 0.1, shape)).astype(np.float32))[None]
+    labels = torch.cat((torch.from_numpy(reference)[None], torch.from_numpy(candidate)[None], sem.to(torch.int16)))
+    transforms = qc_training_transforms(shape)
+    transforms.transforms[0].p_rotation = transforms.transforms[0].p_scaling = 1.0  # always deform
+    for seed in range(4):
+        torch.manual_seed(seed)
+        np.random.seed(seed)
+        out = transforms(image=image.clone(), segmentation=labels.clone())
+        seg = out["segmentation"]
+        assert not torch.equal(seg, labels)
+        recomputed = sem_targets(seg[0:1][None], seg[1:2][None], REGIONS)[0]
+        assert torch.equal(recomputed, seg[2:].bool())
+        # the image moved with the labels: label 3 is the brightest structure before and after
+        assert out["image"][0][seg[0] == 3].mean() > out["image"][0][seg[0] == 0].mean() + 1
+
+
+def test_network_input_and_sem_targets_match_numpy_definitions():
+    rng = np.random.default_rng(1)
+    reference = rng.integers(0, 4, (2, 1, 6, 7, 8))
+    candidate = rng.integers(0, 4, (2, 1, 6, 7, 8))
+    images = torch.from_numpy(rng.normal(size=(2, 4, 6, 7, 8)).astype(np.float32))
+    x = network_input(images, torch.from_numpy(candidate), REGIONS)
+    assert x.shape == (2, 7, 6, 7, 8) and torch.equal(x[:, :4], images)
+    for b in range(2):
+        assert np.array_equal(x[b, 4:].numpy().astype(bool), region_masks(candidate[b, 0], REGIONS))
+        expected = region_masks(candidate[b, 0], REGIONS) ^ region_masks(reference[b, 0], REGIONS)
+        got = sem_targets(torch.from_numpy(reference), torch.from_numpy(candidate), REGIONS)[b]
+        assert np.array_equal(got.numpy(), expected)
+
+
+def test_loss_terms():
+    loss = QCLoss(sem_weight=2.0)
+    regression = torch.tensor([[0.5, 0.2], [0.9, 0.4]])
+    quality = torch.tensor([[0.7, 0.2], [0.6, 0.8]])
+    sem_logits = torch.zeros(2, 3, 4, 4, 4)
+    sem_target = torch.zeros(2, 3, 4, 4, 4, dtype=torch.bool)
+    terms = loss(regression, sem_logits, quality, sem_target)
+    assert terms["mae_dsc"] == pytest.approx((0.2 + 0.3) / 2)
+    assert terms["mae_nsd"] == pytest.approx((0.0 + 0.4) / 2)
+    assert terms["loss"] == pytest.approx(terms["mae_dsc"] + terms["mae_nsd"] + 2.0 * terms["sem"])
+    assert set(loss(regression, None, quality, sem_target)) == {"mae_dsc", "mae_nsd", "loss"}
+    assert set(loss(None, sem_logits, quality, sem_target)) == {"sem", "loss"}
+
+
+def test_learning_rate_schedule_decays_to_the_floor():
+    optimizer = torch.optim.Adam([torch.nn.Parameter(torch.zeros(1))], lr=2.1e-4)
+    schedule = ExponentialDecayLR(optimizer, 2.1e-4, 0.9, 1e-6)
+    for epoch, expected in ((0, 2.1e-4), (1, 2.1e-4 * 0.9), (10, 2.1e-4 * 0.9 ** 10), (99, 1e-6)):
+        schedule.step(epoch)
+        assert optimizer.param_groups[0]["lr"] == pytest.approx(expected)
+
+
+def test_modality_dropout_drops_channels_but_never_all():
+    images = torch.ones(64, 4, 2, 2, 2)
+    generator = torch.Generator().manual_seed(0)
+    out = drop_channels(images, 1.0, generator)
+    kept = out[:, :, 0, 0, 0].sum(1)
+    assert (kept >= 1).all() and (kept < 4).any()
+    assert torch.equal(drop_channels(images, 0.0, generator), images)
+
+
+def test_unknown_trainer_is_a_clear_error():
+    from nnqc.trainer_lookup import get_trainer_class
+
+    with pytest.raises(ValueError, match="nnQCTrainer_ResNet34"):
+        get_trainer_class("nnQCTrainer_DoesNotExist")
+    assert json.dumps(get_trainer_class("nnQCTrainer_ResNet34").hyperparameters)
