@@ -420,3 +420,23 @@ def test_plan_only_writes_3d_fullres_plans(nnunet_folders, brain):
     assert plans["configurations"]["3d_fullres"]["patch_size"] == brain["plans"]["configurations"]["3d_fullres"][
         "patch_size"]
     assert not os.path.exists(os.path.join(pre, "nnQCPlans_3d_fullres"))
+
+
+def test_qc_folds_follow_the_source_dataset_splits(tmp_path, monkeypatch):
+    from nnqc.preprocessing.preprocessor import splits_of_source_dataset
+
+    monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
+    (tmp_path / "Dataset027_ACDC").mkdir()
+    # two frames per patient, kept in the same fold by the source split
+    source_splits = [{"train": ["p2_f1", "p2_f2", "p3_f1", "p3_f2"], "val": ["p1_f1", "p1_f2"]},
+                     {"train": ["p1_f1", "p1_f2", "p3_f1", "p3_f2"], "val": ["p2_f1", "p2_f2"]},
+                     {"train": ["p1_f1", "p1_f2", "p2_f1", "p2_f2"], "val": ["p3_f1", "p3_f2"]}]
+    (tmp_path / "Dataset027_ACDC" / "splits_final.json").write_text(json.dumps(source_splits))
+    dataset_json = {"nnqc": {"source_dataset": "Dataset027_ACDC"}}
+    subjects = ["p1_f1", "p1_f2", "p2_f1", "p2_f2", "p3_f1"]  # p3_f2 has no QC sample
+    splits = splits_of_source_dataset(dataset_json, subjects)
+    assert [f["val"] for f in splits] == [["p1_f1", "p1_f2"], ["p2_f1", "p2_f2"], ["p3_f1"]]
+    assert all(not set(f["train"]) & set(f["val"]) for f in splits)
+    # a subject the source split does not validate: fall back to nnQC's own folds
+    assert splits_of_source_dataset(dataset_json, subjects + ["p4_f1"]) is None
+    assert splits_of_source_dataset({"nnqc": {"source_dataset": "Dataset999_None"}}, subjects) is None

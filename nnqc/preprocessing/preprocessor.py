@@ -253,6 +253,29 @@ def _is_up_to_date(outputs: Sequence[str], inputs: Sequence[str]) -> bool:
     return min(os.path.getmtime(f) for f in outputs) >= max(os.path.getmtime(f) for f in inputs)
 
 
+def splits_of_source_dataset(qc_dataset_json: dict, subjects: Sequence[str]) -> list[dict] | None:
+    """The folds of the source dataset (nnUNet_preprocessed/SOURCE/splits_final.json) restricted to these
+    subjects, when that file exists and places every subject in exactly one validation fold.
+
+    Keeps QC folds aligned with the segmenter's: no QC model is validated on cases its candidates' segmenter
+    trained on, and groups the source kept together (e.g. the frames of one ACDC patient) stay together.
+    """
+    source = qc_dataset_json.get("nnqc", {}).get("source_dataset")
+    if not source or not paths.nnUNet_preprocessed():
+        return None
+    file = join(paths.nnUNet_preprocessed(), source, "splits_final.json")
+    if not isfile(file):
+        return None
+    wanted = set(subjects)
+    splits = [{"train": sorted(set(f["train"]) & wanted), "val": sorted(set(f["val"]) & wanted)}
+              for f in load_json(file)]
+    validated = [s for f in splits for s in f["val"]]
+    if sorted(validated) != sorted(wanted) or any(not f["train"] or not f["val"] for f in splits):
+        print(f"WARNING: {file} does not validate each subject exactly once: not reusing it")
+        return None
+    return splits
+
+
 class nnQCPreprocessor(DefaultPreprocessor):
     """DefaultPreprocessor for subjects plus the identical crop and resampling for their candidates.
 
@@ -484,8 +507,12 @@ class nnQCPreprocessor(DefaultPreprocessor):
         if len(subjects) < 2:
             print(f"WARNING: {len(subjects)} subject(s): no cross-validation folds written")
             return
-        num_folds = min(NUM_FOLDS, len(subjects))
-        if num_folds < NUM_FOLDS:
-            print(f"WARNING: only {len(subjects)} subjects: writing {num_folds} folds instead of {NUM_FOLDS}")
-        splits = generate_crossval_split(subjects, seed=SPLIT_SEED, n_splits=num_folds)
+        splits = splits_of_source_dataset(load_json(join(raw_folder, "dataset.json")), subjects)
+        if splits is not None:
+            print("Using the source dataset's cross-validation folds (its splits_final.json)")
+        else:
+            num_folds = min(NUM_FOLDS, len(subjects))
+            if num_folds < NUM_FOLDS:
+                print(f"WARNING: only {len(subjects)} subjects: writing {num_folds} folds instead of {NUM_FOLDS}")
+            splits = generate_crossval_split(subjects, seed=SPLIT_SEED, n_splits=num_folds)
         write_json_atomically([{k: [str(s) for s in v] for k, v in fold.items()} for fold in splits], splits_file)
