@@ -8,7 +8,11 @@ geometry as one bit-encoded label map (bit c set where region c is predicted wro
 from __future__ import annotations
 
 import json
+import multiprocessing
 import os
+from collections import deque
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from contextlib import ExitStack
 from dataclasses import dataclass
 
 import numpy as np
@@ -243,10 +247,11 @@ class nnQCPredictor:
         return {"dsc": float(np.mean(dsc)), "dsc_sd": float(np.std(dsc)), "nsd": float(np.mean(nsd)),
                 "nsd_sd": float(np.std(nsd))}
 
-    def _predict_case(self, case: CaseFiles, output_folder: str, save_maps: bool, flag_below: float) -> dict:
-        data, candidate, properties = self.preprocess_files(case)
-        result = self.predict_preprocessed(data, candidate)
-        row = {"case": case.case, **{f"predicted_{k}": v for k, v in self._ensemble(result).items()}}
+    def _finish_case(self, case: str, result: dict, properties: dict, output_folder: str, save_maps: bool,
+                     flag_below: float) -> None:
+        """Summary row, SEM volumes and the SEM map in the input geometry; the row is written last, so a case
+        counts as done only once its map is in place."""
+        row = {"case": case, **{f"predicted_{k}": v for k, v in self._ensemble(result).items()}}
         row["flagged"] = bool(row["predicted_dsc"] < flag_below) if np.isfinite(row["predicted_dsc"]) else False
         if result["sem"] is not None:
             bits = self.restore_to_input_geometry(encode_sem_bits(result["sem"]), properties)
@@ -255,18 +260,27 @@ class nnQCPredictor:
                 row[f"sem_volume_ml_{name}"] = float(((bits >> c) & 1).sum() * voxel_ml)
             if save_maps:
                 rw = self.plans_manager.image_reader_writer_class()
-                _write_atomically(join(output_folder, case.case + self.dataset_json["file_ending"]),
+                _write_atomically(join(output_folder, case + self.dataset_json["file_ending"]),
                                   lambda p: rw.write_seg(bits, p, properties))
         row["status"] = "ok"
-        return row
+        self._write_case_result(output_folder, row)
+
+    @staticmethod
+    def _write_case_result(output_folder: str, row: dict) -> None:
+        if row["status"] != "ok":
+            print(f"WARNING: skipping {row['case']}: {row['status'][len('skipped: '):]}")
+        write_text_atomically(join(output_folder, CASE_RESULTS_FOLDER, row["case"] + ".json"), json.dumps(row))
 
     def predict_from_files(self, images_folder: str, segmentations_folder: str, output_folder: str,
                            save_maps: bool = True, flag_below: float = DEFAULT_FLAG_BELOW, num_parts: int = 1,
-                           part_id: int = 0, continue_prediction: bool = False) -> pd.DataFrame:
+                           part_id: int = 0, continue_prediction: bool = False,
+                           num_processes_preprocessing: int = 0, num_threads_export: int = 1) -> pd.DataFrame:
         """Assess every case of SEGMENTATIONS (CASE + file ending) with its images (CASE_XXXX + file ending).
 
         Per-case problems skip the case and list it with the reason; results per case are kept in
         OUT/qc_cases/ so that --continue_prediction and -num_parts/-part_id runs merge into one summary.
+        With num_processes_preprocessing > 0, cases are read and preprocessed ahead in worker processes while
+        the network runs; num_threads_export > 1 restores and writes maps in background threads.
         """
         for folder in (images_folder, segmentations_folder):
             if not isdir(folder):
@@ -279,27 +293,47 @@ class nnQCPredictor:
                                      len(self.dataset_json["channel_names"]))
         if not cases and not problems:
             raise FileNotFoundError(f"no segmentation ({file_ending}) in {segmentations_folder}")
-        results_folder = join(output_folder, CASE_RESULTS_FOLDER)
-        os.makedirs(results_folder, exist_ok=True)
+        os.makedirs(join(output_folder, CASE_RESULTS_FOLDER), exist_ok=True)
         self._write_settings(output_folder, images_folder, segmentations_folder, save_maps, flag_below)
-        mine = cases[part_id::num_parts]
-        names_of_part = {c.case for c in mine} | set(sorted(problems)[part_id::num_parts])
-        for case in tqdm(mine, desc="nnQC predict", disable=not self.allow_tqdm):
-            record = join(results_folder, case.case + ".json")
-            if continue_prediction and isfile(record) and (
-                    not save_maps or isfile(join(output_folder, case.case + file_ending))):
-                continue
-            try:
-                row = self._predict_case(case, output_folder, save_maps, flag_below)
-            except CaseError as e:
-                row = {"case": case.case, "status": f"skipped: {e}"}
-                print(f"WARNING: skipping {case.case}: {e}")
-            write_text_atomically(record, json.dumps(row))
-        for case, reason in problems.items():
-            if case in names_of_part:
-                print(f"WARNING: skipping {case}: {reason}")
-                write_text_atomically(join(results_folder, case + ".json"),
-                                      json.dumps({"case": case, "status": f"skipped: {reason}"}))
+        for case in sorted(problems)[part_id::num_parts]:
+            self._write_case_result(output_folder, {"case": case, "status": f"skipped: {problems[case]}"})
+        todo = [c for c in cases[part_id::num_parts] if not (
+            continue_prediction and isfile(join(output_folder, CASE_RESULTS_FOLDER, c.case + ".json"))
+            and (not save_maps or isfile(join(output_folder, c.case + file_ending))))]
+
+        with ExitStack() as stack:
+            preprocessing = stack.enter_context(ProcessPoolExecutor(
+                num_processes_preprocessing, mp_context=multiprocessing.get_context("spawn"),
+                initializer=_init_preprocessing_worker,
+                initargs=(self.plans_manager.plans, self.configuration_name, self.dataset_json))
+            ) if num_processes_preprocessing > 0 else None
+            export = stack.enter_context(ThreadPoolExecutor(num_threads_export)) if num_threads_export > 1 else None
+            if preprocessing is not None:  # keep a few cases ahead, not the whole folder in memory
+                ahead = num_processes_preprocessing + 1
+                pending = deque(preprocessing.submit(_preprocess_in_worker, c) for c in todo[:ahead])
+            exports = []
+            for i, case in enumerate(tqdm(todo, desc="nnQC predict", disable=not self.allow_tqdm)):
+                try:
+                    if preprocessing is not None:
+                        prepared = pending.popleft().result()
+                        if i + ahead < len(todo):
+                            pending.append(preprocessing.submit(_preprocess_in_worker, todo[i + ahead]))
+                    else:
+                        prepared = _preprocess_or_error(self, case)
+                    if isinstance(prepared, CaseError):
+                        raise prepared
+                    data, candidate, properties = prepared
+                    result = self.predict_preprocessed(data, candidate)
+                except CaseError as e:
+                    self._write_case_result(output_folder, {"case": case.case, "status": f"skipped: {e}"})
+                    continue
+                args = (case.case, result, properties, output_folder, save_maps, flag_below)
+                if export is not None:
+                    exports.append(export.submit(self._finish_case, *args))
+                else:
+                    self._finish_case(*args)
+            for future in exports:
+                future.result()
         return self.write_summary(output_folder)
 
     def _write_settings(self, output_folder: str, images_folder: str, segmentations_folder: str, save_maps: bool,
@@ -335,3 +369,30 @@ class nnQCPredictor:
         write_text_atomically(join(output_folder, SUMMARY_JSON),
                               json.dumps({"cases": cases, "settings": settings}, indent=2))
         return table
+
+
+_WORKER_PREDICTOR = None
+
+
+def _init_preprocessing_worker(plans: dict, configuration_name: str, dataset_json: dict) -> None:
+    """A preprocessing-only predictor per worker process (no network)."""
+    global _WORKER_PREDICTOR
+    predictor = nnQCPredictor(torch.device("cpu"), allow_tqdm=False)
+    predictor.plans_manager = nnQCPlansManager(plans)
+    predictor.configuration_name = configuration_name
+    predictor.configuration_manager = predictor.plans_manager.get_configuration(configuration_name)
+    predictor.dataset_json = dataset_json
+    predictor.region_names, predictor.regions = get_regions(dataset_json)
+    _WORKER_PREDICTOR = predictor
+
+
+def _preprocess_or_error(predictor: nnQCPredictor, case: CaseFiles):
+    """The preprocessed case, or its CaseError as a value (so it crosses process boundaries intact)."""
+    try:
+        return predictor.preprocess_files(case)
+    except CaseError as e:
+        return e
+
+
+def _preprocess_in_worker(case: CaseFiles):
+    return _preprocess_or_error(_WORKER_PREDICTOR, case)

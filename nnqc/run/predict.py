@@ -45,6 +45,10 @@ def predict_entry() -> None:
     parser.add_argument("--no_maps", action="store_true", help="do not write the error maps")
     parser.add_argument("--flag_below", type=float, default=DEFAULT_FLAG_BELOW,
                         help=f"flag cases whose predicted DSC is below this (default {DEFAULT_FLAG_BELOW})")
+    parser.add_argument("-npp", type=int, default=1,
+                        help="processes reading and preprocessing cases ahead of the network (default 1; 0: none)")
+    parser.add_argument("-nps", type=int, default=2,
+                        help="threads restoring and writing the error maps (default 2)")
     parser.add_argument("-num_parts", type=int, default=1, help="split the cases into this many parts")
     parser.add_argument("-part_id", type=int, default=0, help="which part this run predicts (0-based)")
     parser.add_argument("--continue_prediction", action="store_true", help="skip cases already predicted")
@@ -60,7 +64,8 @@ def predict_entry() -> None:
         predictor.initialize_from_trained_model_folder(model_folder(args.d, args.tr, args.p, args.c), args.f,
                                                        args.chk)
         table = predictor.predict_from_files(args.i, args.s, args.o, not args.no_maps, args.flag_below,
-                                             args.num_parts, args.part_id, args.continue_prediction)
+                                             args.num_parts, args.part_id, args.continue_prediction, args.npp,
+                                             args.nps)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"nnQC_predict: error: {e}", file=sys.stderr)
         sys.exit(1)
