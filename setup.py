@@ -32,6 +32,7 @@ setup(
             "nnQC_plan_and_preprocess = nnqc.run.plan_and_preprocess:plan_and_preprocess_entry",
             "nnQC_train = nnqc.run.train:train_entry",
             "nnQC_predict = nnqc.run.predict:predict_entry",
+            "nnQC_evaluate = nnqc.run.evaluate:evaluate_entry",
         ],
     },
 )

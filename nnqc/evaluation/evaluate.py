@@ -1,0 +1,247 @@
+"""How good nnQC's predictions were, once reference segmentations exist (paper §3.4).
+
+For every assessed case with a reference, the true DSC, NSD and error maps are computed exactly as the training
+targets were (nnqc.metrics, in the original geometry and spacing) and compared with the predictions: Pearson r
+and MAE for DSC and NSD, DSC_SEM per region for the error maps. Only the prediction output folder is written.
+"""
+from __future__ import annotations
+
+import json
+import multiprocessing
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+
+from nnqc.evaluation.plots import scatter_png
+from nnqc.evaluation.qc_metrics import regression_summary, sem_dice_summary
+from nnqc.evaluation.report import (
+    EVALUATION_CSV,
+    EVALUATION_JSON,
+    REPORT_HTML,
+    SCATTER_PNGS,
+    read_prediction_output,
+    write_atomically,
+    write_report,
+)
+from nnqc.metrics import binary_dice, get_regions, nsd_tolerance_mm, quality_targets, segmentation_error_maps
+from nnqc.sampling import balanced_subset
+
+# geometry tolerances as nnQC's preprocessing applies them between a candidate and its subject
+_SPACING_RTOL, _SPACING_ATOL, _POSITION_ATOL = 1e-4, 1e-6, 1e-3
+
+
+def decode_error_bits(label_map: np.ndarray, num_regions: int) -> np.ndarray:
+    """nnQC_predict's bit-encoded error map -> bool (C, *shape): bit c (value 2**c) set where region c is wrong."""
+    label_map = np.asarray(label_map)
+    if not np.issubdtype(label_map.dtype, np.integer):
+        raise TypeError(f"a bit-encoded error map holds integers, got dtype {label_map.dtype}")
+    if label_map.size and (label_map.min() < 0 or int(label_map.max()) >= 2 ** num_regions):
+        raise ValueError(f"values in [{label_map.min()}, {label_map.max()}] do not encode {num_regions} region(s) "
+                         f"(expected 0..{2 ** num_regions - 1})")
+    return np.stack([(label_map >> c) & 1 for c in range(num_regions)]).astype(bool)
+
+
+def image_geometry_mismatch(a: sitk.Image, b: sitk.Image) -> str | None:
+    """Why two images do not share one voxel grid, or None when they do."""
+    if a.GetSize() != b.GetSize():
+        return f"size {a.GetSize()} != {b.GetSize()}"
+    if not np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=_SPACING_RTOL, atol=_SPACING_ATOL):
+        return f"spacing {a.GetSpacing()} != {b.GetSpacing()}"
+    for what in ("Origin", "Direction"):
+        va, vb = getattr(a, f"Get{what}")(), getattr(b, f"Get{what}")()
+        if not np.allclose(va, vb, rtol=0, atol=_POSITION_ATOL):
+            return f"{what.lower()} {va} != {vb}"
+    return None
+
+
+def _read_label_image(path: str, case: str, what: str) -> tuple[sitk.Image, np.ndarray]:
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"case {case}: the {what} {path} does not exist")
+    try:
+        image = sitk.ReadImage(path)
+    except RuntimeError as e:
+        raise ValueError(f"case {case}: cannot read the {what} {path}: {e}") from e
+    if image.GetNumberOfComponentsPerPixel() != 1:
+        raise ValueError(f"case {case}: the {what} {path} is not a scalar label map")
+    array = sitk.GetArrayFromImage(image)
+    if not np.issubdtype(array.dtype, np.integer):
+        if not np.array_equal(array, np.round(array)):
+            raise ValueError(f"case {case}: the {what} {path} holds non-integer values")
+        array = array.astype(np.int32)
+    return image, array
+
+
+def evaluate_case(case: str, reference_file: str, segmentation_file: str, error_map_file: str | None,
+                  regions: Sequence[Sequence[int]], tolerance_mm: float) -> dict:
+    """True DSC and NSD of one assessed segmentation, and DSC_SEM per region when a predicted map exists.
+
+    Returns {"case", "true_dsc", "true_nsd", "dsc_sem": (C,) float64, NaN without a map}.
+    """
+    reference_image, reference = _read_label_image(reference_file, case, "reference")
+    segmentation_image, segmentation = _read_label_image(segmentation_file, case, "assessed segmentation")
+    mismatch = image_geometry_mismatch(reference_image, segmentation_image)
+    if mismatch:
+        raise ValueError(f"case {case}: the reference {reference_file} and the assessed segmentation "
+                         f"{segmentation_file} do not share one geometry ({mismatch})")
+    spacing = tuple(reversed(reference_image.GetSpacing()))  # numpy axis order
+    targets = quality_targets(reference, segmentation, regions, spacing, tolerance_mm)
+    dsc_sem = np.full(len(regions), np.nan)
+    if error_map_file is not None:
+        map_image, error_map = _read_label_image(error_map_file, case, "predicted error map")
+        mismatch = image_geometry_mismatch(map_image, segmentation_image)
+        if mismatch:
+            raise ValueError(f"case {case}: the predicted error map {error_map_file} does not share the "
+                             f"segmentation's geometry ({mismatch})")
+        try:
+            predicted = decode_error_bits(error_map, len(regions))
+        except ValueError as e:
+            raise ValueError(f"case {case}: {error_map_file} is not an nnQC error map: {e}") from e
+        true = segmentation_error_maps(reference, segmentation, regions)
+        dsc_sem = np.array([binary_dice(p, t) for p, t in zip(predicted, true)], dtype=np.float64)
+    return {"case": case, "true_dsc": targets["dsc"], "true_nsd": targets["nsd"], "dsc_sem": dsc_sem}
+
+
+def _inside(path: str, folder: str) -> bool:
+    path, folder = os.path.realpath(path), os.path.realpath(folder)
+    return path == folder or path.startswith(folder + os.sep)
+
+
+def _json_ready(value):
+    """NaN -> null and numpy scalars -> Python, so the JSON is strict."""
+    if isinstance(value, dict):
+        return {k: _json_ready(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_ready(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if np.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def _finite(*columns: pd.Series) -> np.ndarray:
+    return np.all([np.isfinite(c.to_numpy(dtype=np.float64)) for c in columns], axis=0)
+
+
+def format_figures(result: dict) -> str:
+    """The evaluation figures as a short plain-text table."""
+    def number(v, digits=3):
+        return "n/a" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
+
+    subset = f" (DSC-balanced subset of {result['num_evaluated']})" if result["balanced"] else ""
+    lines = [f"nnQC evaluation: {result['num_cases']} case(s){subset}",
+             f"{'':8s}{'r':>8s}  {'MAE ± sd':>16s}  {'n':>5s}"]
+    for key in ("dsc", "nsd"):
+        s = result[key]
+        lines.append(f"{key.upper():8s}{number(s['r']):>8s}  {number(s['mae']) + ' ± ' + number(s['mae_sd']):>16s}"
+                     f"  {s['n']:>5d}")
+    sem = result["dsc_sem"]
+    regions = ", ".join(f"{name} {number(v['mean'])} ± {number(v['sd'])}" for name, v in sem.items()
+                        if isinstance(v, dict))
+    lines.append(f"DSC_SEM  mean {number(sem['mean'])}" + (f" ({regions})" if regions else ""))
+    if result["not_evaluated"]:
+        lines.append(f"not evaluated: {len(result['not_evaluated'])} case(s): "
+                     + "; ".join(f"{c['case']} ({c['reason']})" for c in result["not_evaluated"][:5])
+                     + (" ..." if len(result["not_evaluated"]) > 5 else ""))
+    return "\n".join(lines)
+
+
+def evaluate_predictions(output_folder: str, reference_folder: str, dataset_json: dict | None = None,
+                         balanced: bool = False, num_processes: int = 1, verbose: bool = True) -> dict:
+    """Compare nnQC_predict's output with reference segmentations REFERENCES/CASE<file_ending>.
+
+    Writes OUT/qc_evaluation.csv (per case), OUT/qc_evaluation.json (the figures, returned as well),
+    OUT/scatter_dsc.png and OUT/scatter_nsd.png, and refreshes OUT/qc_report.html when it exists.
+    dataset_json (default: the one in predict_settings.json) gives the regions and the NSD tolerance; its
+    regions must be those the predictions were made for. balanced: figures over nnqc.sampling.balanced_subset
+    of the true DSCs (deterministic), as the paper's evaluation sets.
+    """
+    settings, table = read_prediction_output(output_folder)
+    if not os.path.isdir(reference_folder):
+        raise FileNotFoundError(f"reference folder {reference_folder} does not exist")
+    if _inside(output_folder, reference_folder) or _inside(reference_folder, output_folder):
+        raise ValueError(f"the output folder {output_folder} must not be, contain or lie inside the reference "
+                         f"folder {reference_folder}")
+    if dataset_json is None:
+        if "dataset_json" not in settings:
+            raise ValueError(f"{output_folder}: predict_settings.json holds no dataset_json; pass the dataset (-d)")
+        dataset_json = settings["dataset_json"]
+    region_names, regions = get_regions(dataset_json)
+    if "regions" in settings and ([list(r) for r in regions] != [list(r) for r in settings["regions"]]
+                                  or region_names != list(settings["region_names"])):
+        raise ValueError(f"the dataset.json regions {dict(zip(region_names, regions))} differ from those the "
+                         f"predictions in {output_folder} were made for "
+                         f"{dict(zip(settings['region_names'], map(tuple, settings['regions'])))}")
+    tolerance = nsd_tolerance_mm(dataset_json)
+    ending = settings["file_ending"]
+    segmentations_folder = settings.get("segmentations_folder", "")
+    if not os.path.isdir(segmentations_folder):
+        raise FileNotFoundError(f"the assessed segmentations folder {segmentations_folder!r} recorded in "
+                                f"{output_folder} does not exist")
+
+    jobs, not_evaluated = [], []
+    for _, row in table.iterrows():
+        case = row["case"]
+        reference_file = os.path.join(reference_folder, case + ending)
+        if row["status"] != "ok":
+            not_evaluated.append({"case": case, "reason": f"not assessed by nnQC_predict ({row['status']})"})
+        elif not os.path.isfile(reference_file):
+            not_evaluated.append({"case": case, "reason": f"no reference {case}{ending}"})
+        else:
+            error_map_file = os.path.join(output_folder, case + ending)
+            jobs.append((case, reference_file, os.path.join(segmentations_folder, case + ending),
+                         error_map_file if os.path.isfile(error_map_file) else None, regions, tolerance))
+    if num_processes > 1 and len(jobs) > 1:
+        with multiprocessing.get_context("spawn").Pool(min(num_processes, len(jobs))) as pool:
+            results = pool.starmap(evaluate_case, jobs)
+    else:
+        results = [evaluate_case(*job) for job in jobs]
+
+    predicted = table.set_index("case")
+    rows = []
+    for r in results:
+        p = predicted.loc[r["case"]]
+        rows.append({"case": r["case"],
+                     "true_dsc": r["true_dsc"], "predicted_dsc": float(p["predicted_dsc"]),
+                     "abs_error_dsc": abs(r["true_dsc"] - float(p["predicted_dsc"])),
+                     "true_nsd": r["true_nsd"], "predicted_nsd": float(p["predicted_nsd"]),
+                     "abs_error_nsd": abs(r["true_nsd"] - float(p["predicted_nsd"])),
+                     "flagged": bool(p["flagged"]),
+                     **{f"dsc_sem_{name}": float(v) for name, v in zip(region_names, r["dsc_sem"])}})
+    columns = ["case", "true_dsc", "predicted_dsc", "abs_error_dsc", "true_nsd", "predicted_nsd", "abs_error_nsd",
+               "flagged", *[f"dsc_sem_{name}" for name in region_names], "in_summary"]
+    evaluation = pd.DataFrame(rows, columns=columns)
+    evaluation["in_summary"] = True
+    if balanced and len(evaluation):
+        by_name = np.argsort(evaluation["case"].to_numpy(dtype=str), kind="stable")  # independent of predictions
+        chosen = by_name[balanced_subset(evaluation["true_dsc"].to_numpy()[by_name])]
+        evaluation["in_summary"] = np.isin(np.arange(len(evaluation)), chosen)
+    included = evaluation[evaluation["in_summary"]]
+
+    result = {"num_cases": int(len(included)), "num_evaluated": int(len(evaluation)), "balanced": bool(balanced),
+              "region_names": region_names, "nsd_tolerance_mm": tolerance}
+    flag_below = settings.get("flag_below")
+    for metric in ("dsc", "nsd"):
+        valid = included[_finite(included[f"predicted_{metric}"])]
+        result[metric] = regression_summary(valid[f"true_{metric}"], valid[f"predicted_{metric}"])
+        png = scatter_png(valid[f"true_{metric}"], valid[f"predicted_{metric}"], valid["flagged"], metric.upper(),
+                          result[metric], flag_below)
+        write_atomically(os.path.join(output_folder, SCATTER_PNGS[metric.upper()]), png)
+    sem_columns = [f"dsc_sem_{name}" for name in region_names]
+    with_maps = included[_finite(*[included[c] for c in sem_columns])] if len(included) else included
+    result["dsc_sem"] = sem_dice_summary(with_maps[sem_columns].to_numpy(dtype=np.float64), region_names)
+    result["not_evaluated"] = not_evaluated
+    result = _json_ready(result)
+
+    write_atomically(os.path.join(output_folder, EVALUATION_CSV), evaluation.to_csv(index=False))
+    write_atomically(os.path.join(output_folder, EVALUATION_JSON), json.dumps(result, indent=2, allow_nan=False))
+    if os.path.isfile(os.path.join(output_folder, REPORT_HTML)):
+        write_report(output_folder)
+    if verbose:
+        print(format_figures(result))
+    return result

@@ -1,0 +1,306 @@
+"""The QC report: one self-contained HTML page over an nnQC_predict output folder.
+
+Made to be mailed or archived with the data: pictures are embedded as base64 PNG data URIs and the styling is
+inline, so the page needs no network, no JavaScript and no other file.
+"""
+from __future__ import annotations
+
+import base64
+import html
+import json
+import os
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+import SimpleITK as sitk
+
+from nnqc.evaluation.plots import case_preview_png
+from nnqc.metrics import get_regions
+
+SUMMARY_CSV = "qc_summary.csv"
+SETTINGS_JSON = "predict_settings.json"
+EVALUATION_CSV = "qc_evaluation.csv"
+EVALUATION_JSON = "qc_evaluation.json"
+SCATTER_PNGS = {"DSC": "scatter_dsc.png", "NSD": "scatter_nsd.png"}
+REPORT_HTML = "qc_report.html"
+DEFAULT_MAX_PREVIEWS = 100
+SEM_VOLUME_PREFIX = "sem_volume_ml_"
+
+
+# ---- the prediction output folder --------------------------------------------------------------------------------
+def read_prediction_output(output_folder: str) -> tuple[dict, pd.DataFrame]:
+    """predict_settings.json and qc_summary.csv of an nnQC_predict output folder, checked to be one."""
+    if not os.path.isdir(output_folder):
+        raise FileNotFoundError(f"output folder {output_folder} does not exist")
+    missing = [name for name in (SETTINGS_JSON, SUMMARY_CSV) if not os.path.isfile(os.path.join(output_folder, name))]
+    if missing:
+        raise FileNotFoundError(f"{output_folder} is not an nnQC_predict output folder: {', '.join(missing)} missing")
+    try:
+        with open(os.path.join(output_folder, SETTINGS_JSON)) as f:
+            settings = json.load(f)
+        table = pd.read_csv(os.path.join(output_folder, SUMMARY_CSV), dtype={"case": str, "status": str})
+    except (OSError, ValueError) as e:
+        raise ValueError(f"cannot read the nnQC_predict output in {output_folder}: {e}") from e
+    for key in ("file_ending", "region_names"):
+        if key not in settings:
+            raise ValueError(f"{os.path.join(output_folder, SETTINGS_JSON)} lacks {key!r}")
+    missing_columns = {"case", "predicted_dsc", "predicted_nsd", "status"} - set(table.columns)
+    if missing_columns:
+        raise ValueError(f"{os.path.join(output_folder, SUMMARY_CSV)} lacks the column(s) {sorted(missing_columns)}")
+    table["status"] = table["status"].fillna("skipped: unknown reason")
+    table["flagged"] = table["flagged"].map(is_true) if "flagged" in table else False
+    return settings, table
+
+
+def is_true(value) -> bool:
+    """A CSV cell that says True (pandas reads True/False columns with gaps as objects)."""
+    return value is True or (isinstance(value, (bool, np.bool_)) and bool(value)) or str(value).lower() == "true"
+
+
+def worst_first(table: pd.DataFrame) -> pd.DataFrame:
+    """Assessed cases by ascending predicted DSC (cases without a prediction after them, then by name)."""
+    ok = table[table["status"] == "ok"]
+    return ok.sort_values(["predicted_dsc", "case"], na_position="last", kind="stable").reset_index(drop=True)
+
+
+def write_atomically(path: str, data: bytes | str) -> None:
+    """Write through a temporary file in the same folder, so the file is either whole or absent."""
+    folder, name = os.path.split(os.path.abspath(path))
+    temporary = os.path.join(folder, f".tmp_{os.getpid()}_{name}")
+    try:
+        with open(temporary, "wb") as f:
+            f.write(data.encode("utf-8") if isinstance(data, str) else data)
+        os.replace(temporary, path)
+    finally:
+        if os.path.exists(temporary):
+            os.remove(temporary)
+
+
+# ---- per-case pictures -------------------------------------------------------------------------------------------
+def _read_volume(path: str) -> tuple[np.ndarray, tuple[float, ...]]:
+    """Array in (z, y, x) order and its spacing in the same order; 2D images become one slice."""
+    image = sitk.ReadImage(path)
+    array = sitk.GetArrayFromImage(image)
+    spacing = tuple(float(s) for s in reversed(image.GetSpacing()))
+    if image.GetNumberOfComponentsPerPixel() > 1:
+        raise ValueError(f"{path} is not a scalar image")
+    if array.ndim == 2:
+        return array[None], (1.0, *spacing)
+    if array.ndim != 3:
+        raise ValueError(f"{path} is neither 2D nor 3D (shape {array.shape})")
+    return array, spacing
+
+
+def most_erroneous_slice(error_any: np.ndarray | None, segmentation: np.ndarray) -> int:
+    """Index along axis 0 with the most predicted error voxels; without errors, the one with most foreground,
+    without foreground, the middle slice. Ties go to the lowest index."""
+    for volume in (error_any, segmentation):
+        if volume is not None:
+            counts = np.count_nonzero(np.asarray(volume).reshape(volume.shape[0], -1), axis=1)
+            if counts.max(initial=0) > 0:
+                return int(np.argmax(counts))
+    return segmentation.shape[0] // 2
+
+
+def case_preview(case: str, settings: dict, output_folder: str) -> bytes:
+    """PNG of the case's axial slice with the most predicted error (raises OSError/RuntimeError/ValueError)."""
+    ending = settings["file_ending"]
+    image, _ = _read_volume(os.path.join(settings["images_folder"], f"{case}_0000{ending}"))
+    segmentation, spacing = _read_volume(os.path.join(settings["segmentations_folder"], case + ending))
+    if image.shape != segmentation.shape:
+        raise ValueError(f"image shape {image.shape} differs from segmentation shape {segmentation.shape}")
+    error_any = None
+    map_path = os.path.join(output_folder, case + ending)
+    if os.path.isfile(map_path):
+        error_map, _ = _read_volume(map_path)
+        if error_map.shape != segmentation.shape:
+            raise ValueError(f"error map shape {error_map.shape} differs from segmentation shape {segmentation.shape}")
+        error_any = error_map != 0
+    index = most_erroneous_slice(error_any, segmentation)
+    regions = ([tuple(r) for r in settings["regions"]] if "regions" in settings
+               else get_regions(settings["dataset_json"])[1])
+    return case_preview_png(image[index], segmentation[index], None if error_any is None else error_any[index],
+                            settings["region_names"], regions, spacing[1:],
+                            f"{case}, slice {index} of {segmentation.shape[0]} (axis 0)")
+
+
+# ---- the page ----------------------------------------------------------------------------------------------------
+_STYLE = """
+body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1100px;
+       padding: 0 1em; color: #222; line-height: 1.45; }
+h1 { margin-bottom: 0.2em; } h2 { border-bottom: 1px solid #ccc; padding-bottom: 0.2em; margin-top: 1.8em; }
+.meta { color: #555; font-size: 0.9em; }
+.stats { display: flex; flex-wrap: wrap; gap: 1em; margin: 1em 0; }
+.stat { border: 1px solid #ccc; border-radius: 6px; padding: 0.6em 1.2em; min-width: 8em; }
+.stat b { display: block; font-size: 1.6em; }
+.stat.alert { border-color: #c62828; background: #fdecea; color: #8e1b1b; }
+table { border-collapse: collapse; font-size: 0.9em; }
+th, td { border: 1px solid #ddd; padding: 0.3em 0.6em; text-align: right; }
+th { background: #f3f3f3; } td.case { text-align: left; }
+tr.flagged td { background: #fdecea; }
+.badge { display: inline-block; padding: 0.05em 0.5em; border-radius: 4px; font-weight: bold; font-size: 0.85em; }
+.badge.flag { background: #c62828; color: #fff; } .badge.ok { background: #e3f1e4; color: #1b5e20; }
+.cards { display: flex; flex-wrap: wrap; gap: 1em; }
+.card { border: 1px solid #ccc; border-radius: 6px; padding: 0.6em; width: 410px; }
+.card.flagged { border: 3px solid #c62828; }
+.card h3 { margin: 0 0 0.3em 0; font-size: 1em; word-break: break-all; }
+.card img { max-width: 400px; display: block; }
+.note { color: #777; font-style: italic; }
+"""
+
+
+def _number(value, digits: int = 3) -> str:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return ""
+    return f"{value:.{digits}f}" if np.isfinite(value) else ""
+
+
+def _with_sd(mean, sd) -> str:
+    text = _number(mean)
+    return f"{text} ± {_number(sd)}" if text and _number(sd) else text
+
+
+def _data_uri(png: bytes) -> str:
+    return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
+
+
+def _flag_badge(flagged: bool) -> str:
+    return '<span class="badge flag">FLAGGED</span>' if flagged else '<span class="badge ok">ok</span>'
+
+
+def _read_evaluation(output_folder: str) -> tuple[dict | None, pd.DataFrame | None]:
+    figures, per_case = None, None
+    path = os.path.join(output_folder, EVALUATION_JSON)
+    if os.path.isfile(path):
+        with open(path) as f:
+            figures = json.load(f)
+    path = os.path.join(output_folder, EVALUATION_CSV)
+    if os.path.isfile(path):
+        per_case = pd.read_csv(path, dtype={"case": str}).set_index("case")
+    return figures, per_case
+
+
+def _evaluation_section(output_folder: str, figures: dict | None) -> list[str]:
+    scatter = {metric: os.path.join(output_folder, name) for metric, name in SCATTER_PNGS.items()
+               if os.path.isfile(os.path.join(output_folder, name))}
+    if figures is None and not scatter:
+        return []
+    parts = ["<h2>Predicted against true quality</h2>",
+             "<p>Computed by nnQC_evaluate against reference segmentations: Pearson r and the mean absolute "
+             "error (MAE ± sd) of the predicted values, and DSC<sub>SEM</sub>, the Dice between predicted and "
+             "true error maps.</p>"]
+    if figures is not None:
+        subset = " (DSC-balanced subset)" if figures.get("balanced") else ""
+        parts.append(f"<p>{figures.get('num_cases', 0)} case(s) evaluated{subset}.</p>")
+        parts.append("<table><tr><th>metric</th><th>r</th><th>MAE ± sd</th><th>n</th></tr>")
+        for key, label in (("dsc", "DSC"), ("nsd", "NSD")):
+            s = figures.get(key) or {}
+            parts.append(f"<tr><td class='case'>{label}</td><td>{_number(s.get('r'))}</td>"
+                         f"<td>{_with_sd(s.get('mae'), s.get('mae_sd'))}</td><td>{s.get('n', '')}</td></tr>")
+        parts.append("</table>")
+        sem = figures.get("dsc_sem") or {}
+        rows = "".join(f"<tr><td class='case'>{html.escape(name)}</td><td>{_with_sd(v.get('mean'), v.get('sd'))}"
+                       f"</td></tr>" for name, v in sem.items() if isinstance(v, dict))
+        if rows or sem.get("mean") is not None:
+            parts.append(f"<p></p><table><tr><th>region</th><th>DSC<sub>SEM</sub> mean ± sd</th></tr>{rows}"
+                         f"<tr><th>mean</th><th>{_number(sem.get('mean'))}</th></tr></table>")
+    for metric, path in scatter.items():
+        with open(path, "rb") as f:
+            parts.append(f'<p><img alt="predicted against true {metric}" src="{_data_uri(f.read())}"></p>')
+    return parts
+
+
+def write_report(output_folder: str, max_previews: int | None = DEFAULT_MAX_PREVIEWS,
+                 preview: Callable[[str, dict, str], bytes] = case_preview) -> str:
+    """Write OUT/qc_report.html for an nnQC_predict output folder and return its path.
+
+    Cases are listed worst first; the first `max_previews` of them (all when None) get a picture of the slice
+    with the most predicted error. A picture that cannot be made (e.g. the images moved) is replaced by a note.
+    Includes the evaluation figures and scatter plots when nnQC_evaluate has written them.
+    """
+    settings, table = read_prediction_output(output_folder)
+    region_names = list(settings["region_names"])
+    assessed, skipped = worst_first(table), table[table["status"] != "ok"]
+    figures, evaluation = _read_evaluation(output_folder)
+    flag_below = settings.get("flag_below")
+    n_flagged = int(assessed["flagged"].sum())
+    e = html.escape
+
+    parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
+             f"<title>nnQC report: {e(str(settings.get('dataset', '')))}</title>", f"<style>{_STYLE}</style>",
+             "</head><body>", "<h1>nnQC quality control report</h1>",
+             f"<p class='meta'>QC model: {e(str(settings.get('dataset', '?')))}, configuration "
+             f"{e(str(settings.get('configuration', '?')))}, folds {e(str(settings.get('folds', '?')))}, trainer "
+             f"{e(str(settings.get('trainer', '?')))}.<br>Segmentations assessed: "
+             f"{e(str(settings.get('segmentations_folder', '?')))}</p>",
+             "<div class='stats'>",
+             f"<div class='stat'><b>{len(assessed)}</b>case(s) assessed</div>",
+             f"<div class='stat{' alert' if n_flagged else ''}'><b>{n_flagged}</b>flagged</div>",
+             f"<div class='stat'><b>{len(skipped)}</b>skipped</div>",
+             f"<div class='stat'><b>{_number(flag_below, 2) or 'n/a'}</b>flag threshold (predicted DSC)</div>",
+             "</div>",
+             "<h2>What the numbers mean</h2>",
+             "<p>nnQC estimates, without a reference segmentation, how well each segmentation would score against "
+             "an expert one. <b>Predicted DSC</b> is the Dice similarity coefficient (overlap over all labels: 1 "
+             "is perfect, 0 no overlap). <b>Predicted NSD</b> is the normalized surface Dice: the share of the "
+             f"boundary that lies within {_number(settings.get('nsd_tolerance_mm'), 2) or 'the tolerance'} mm of "
+             "the reference boundary, averaged over the regions. The ± is the standard deviation over the "
+             "ensembled models; a large spread means they disagree and the estimate is less certain. A case is "
+             f"<b>flagged</b> when its predicted DSC is below {_number(flag_below, 2) or 'the threshold'}: review "
+             "it before use. <b>Error volume</b> is the volume (mL) the model predicts to be wrongly segmented, per "
+             "region. The pictures show, per case, the axial slice with the most predicted error: the first image "
+             "channel in grey, the segmentation's outline per region, and the predicted error in translucent "
+             "red.</p>",
+             "<h2>Cases, worst first</h2>"]
+    if len(assessed):
+        has_truth = evaluation is not None
+        header = ["#", "case", "predicted DSC", "predicted NSD", "flag",
+                  *[f"error volume {e(name)} (mL)" for name in region_names]]
+        if has_truth:
+            header += ["true DSC", "true NSD"]
+        parts.append("<table><tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>")
+        for rank, row in assessed.iterrows():
+            cells = [str(rank + 1), f"<a href='#case-{rank + 1}'>{e(row['case'])}</a>",
+                     _with_sd(row["predicted_dsc"], row.get("predicted_dsc_sd")),
+                     _with_sd(row["predicted_nsd"], row.get("predicted_nsd_sd")), _flag_badge(row["flagged"]),
+                     *[_number(row.get(SEM_VOLUME_PREFIX + name), 2) for name in region_names]]
+            if has_truth:
+                truth = evaluation.loc[row["case"]] if row["case"] in evaluation.index else {}
+                cells += [_number(truth.get("true_dsc")), _number(truth.get("true_nsd"))]
+            css = " class='flagged'" if row["flagged"] else ""
+            parts.append(f"<tr{css}><td>{cells[0]}</td><td class='case'>{cells[1]}</td>"
+                         + "".join(f"<td>{c}</td>" for c in cells[2:]) + "</tr>")
+        parts.append("</table>")
+        parts.append("<h2>Predicted error maps</h2><div class='cards'>")
+        for rank, row in assessed.iterrows():
+            css = " flagged" if row["flagged"] else ""
+            parts.append(f"<div class='card{css}' id='case-{rank + 1}'><h3>{rank + 1}. {e(row['case'])} "
+                         f"{_flag_badge(row['flagged'])}</h3>"
+                         f"<div>DSC {_with_sd(row['predicted_dsc'], row.get('predicted_dsc_sd'))}, "
+                         f"NSD {_with_sd(row['predicted_nsd'], row.get('predicted_nsd_sd'))}</div>")
+            if max_previews is None or rank < max_previews:
+                try:
+                    png = preview(row["case"], settings, output_folder)
+                    parts.append(f'<img alt="axial slice of {e(row["case"])} with the predicted errors" '
+                                 f'src="{_data_uri(png)}">')
+                except (OSError, RuntimeError, ValueError, KeyError) as error:
+                    parts.append(f"<p class='note'>No picture: {e(str(error))}</p>")
+            else:
+                parts.append(f"<p class='note'>No picture: only the {max_previews} worst cases get one.</p>")
+            parts.append("</div>")
+        parts.append("</div>")
+    else:
+        parts.append("<p class='note'>No case could be assessed.</p>")
+    if len(skipped):
+        parts.append("<h2>Skipped cases</h2><ul>")
+        parts += [f"<li><b>{e(str(row['case']))}</b>: {e(str(row['status']).removeprefix('skipped: '))}</li>"
+                  for _, row in skipped.sort_values("case").iterrows()]
+        parts.append("</ul>")
+    parts += _evaluation_section(output_folder, figures)
+    parts.append("</body></html>")
+    path = os.path.join(output_folder, REPORT_HTML)
+    write_atomically(path, "\n".join(parts) + "\n")
+    return path
