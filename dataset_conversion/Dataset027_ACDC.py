@@ -19,13 +19,8 @@ import numpy as np
 import SimpleITK as sitk
 from nnunetv2.configuration import default_num_processes
 
-from dataset_conversion.raw_dataset_io import (
-    copy_file_atomic,
-    prepare_raw_dataset_folder,
-    run_cases,
-    write_dataset_json_atomic,
-    write_json_atomic,
-)
+from dataset_conversion.raw_dataset_io import prepare_raw_dataset_folder, run_cases, write_dataset_json_atomic
+from nnqc.atomic_files import copy_atomically, write_json_atomically
 from nnqc.paths import nnUNet_preprocessed
 
 DATASET_NAME = "ACDC"
@@ -78,9 +73,9 @@ def _convert_case(case: str, image_file: str, reference_file: str | None, images
                   labels_folder: str) -> None:
     if reference_file is not None:
         check_acdc_reference(image_file, reference_file, case)
-    copy_file_atomic(image_file, os.path.join(images_folder, f"{case}_0000.nii.gz"))
+    copy_atomically(image_file, os.path.join(images_folder, f"{case}_0000.nii.gz"))
     if reference_file is not None:
-        copy_file_atomic(reference_file, os.path.join(labels_folder, f"{case}.nii.gz"))
+        copy_atomically(reference_file, os.path.join(labels_folder, f"{case}.nii.gz"))
 
 
 def convert_acdc(source_dir: str, dataset_id: int = 27, raw_folder: str | None = None,
@@ -154,7 +149,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         cases = sorted(f[:-len(".nii.gz")] for f in os.listdir(os.path.join(folder, "labelsTr")))
         splits_folder = os.path.join(preprocessed, os.path.basename(folder))
         os.makedirs(splits_folder, exist_ok=True)
-        write_json_atomic(patient_grouped_splits(cases), os.path.join(splits_folder, "splits_final.json"))
+        write_json_atomically(os.path.join(splits_folder, "splits_final.json"), patient_grouped_splits(cases))
         print(f"wrote patient-grouped splits to {splits_folder}")
 
 

@@ -15,13 +15,8 @@ import numpy as np
 import SimpleITK as sitk
 from nnunetv2.configuration import default_num_processes
 
-from dataset_conversion.raw_dataset_io import (
-    copy_file_atomic,
-    prepare_raw_dataset_folder,
-    run_cases,
-    write_dataset_json_atomic,
-    write_image_atomic,
-)
+from dataset_conversion.raw_dataset_io import prepare_raw_dataset_folder, run_cases, write_dataset_json_atomic
+from nnqc.atomic_files import copy_atomically, write_image_atomically
 
 DATASET_NAME = "BraTS2021"
 CASE_PREFIX = "BraTS2021_"
@@ -76,9 +71,9 @@ def _convert_case(case_folder: str, case: str, images_folder: str, labels_folder
     relabelled = sitk.GetImageFromArray(brats_to_nnunet_labels(sitk.GetArrayFromImage(seg_image), case))
     relabelled.CopyInformation(seg_image)
     for channel, modality in enumerate(MODALITIES):
-        copy_file_atomic(os.path.join(case_folder, f"{case}_{modality}.nii.gz"),
+        copy_atomically(os.path.join(case_folder, f"{case}_{modality}.nii.gz"),
                          os.path.join(images_folder, f"{case}_{channel:04d}.nii.gz"))
-    write_image_atomic(relabelled, os.path.join(labels_folder, f"{case}.nii.gz"))
+    write_image_atomically(relabelled, os.path.join(labels_folder, f"{case}.nii.gz"))
 
 
 def convert_brats2021(source_dir: str, dataset_id: int = 137, raw_folder: str | None = None,

@@ -17,12 +17,8 @@ import SimpleITK as sitk
 from nnunetv2.configuration import default_num_processes
 from scipy.special import expit
 
-from dataset_conversion.raw_dataset_io import (
-    prepare_raw_dataset_folder,
-    run_cases,
-    write_dataset_json_atomic,
-    write_image_atomic,
-)
+from dataset_conversion.raw_dataset_io import prepare_raw_dataset_folder, run_cases, write_dataset_json_atomic
+from nnqc.atomic_files import write_image_atomically
 
 BRATS_CHANNEL_NAMES = {0: "T1", 1: "T1ce", 2: "T2", 3: "FLAIR"}
 # nnU-Net's BraTS convention: 1 = edema, 2 = necrosis / non-enhancing core, 3 = enhancing tumour
@@ -383,9 +379,9 @@ def _write_phantom_case(kind: str, index: int, shape: Sequence[int], spacing: Se
                                       oblique and index % 2 == 1)
     case = phantom_case_name(index)
     for c, channel in enumerate(images):
-        write_image_atomic(_to_sitk(channel, np.int16, spacing, origin, direction),
+        write_image_atomically(_to_sitk(channel, np.int16, spacing, origin, direction),
                            os.path.join(images_folder, f"{case}_{c:04d}.nii.gz"))
-    write_image_atomic(_to_sitk(seg, np.uint8, spacing, origin, direction),
+    write_image_atomically(_to_sitk(seg, np.uint8, spacing, origin, direction),
                        os.path.join(labels_folder, f"{case}.nii.gz"))
 
 

@@ -1,8 +1,8 @@
 """Writing nnU-Net raw datasets safely, shared by the dataset converters and the phantom generator.
 
-Every file appears complete or not at all (written next to its destination, then os.replace), dataset.json is
-written last so an interrupted conversion never looks like a finished dataset, and a dataset folder is never
-silently mixed with the files of an earlier conversion.
+Every file appears complete or not at all (nnqc.atomic_files), dataset.json is written last so an interrupted
+conversion never looks like a finished dataset, and a dataset folder is never silently mixed with the files of an
+earlier conversion.
 """
 import multiprocessing
 import os
@@ -11,8 +11,6 @@ import tempfile
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import SimpleITK as sitk
-from batchgenerators.utilities.file_and_folder_operations import save_json
 from nnunetv2.dataset_conversion.generate_dataset_json import generate_dataset_json
 
 from nnqc.paths import require
@@ -46,38 +44,6 @@ def prepare_raw_dataset_folder(dataset_id: int, name: str, raw_folder: str | Non
         shutil.rmtree(folder)
     os.makedirs(folder, exist_ok=True)
     return folder
-
-
-def _temporary_path_for(path: str) -> str:
-    """A hidden sibling of `path` that keeps its full extension (SimpleITK picks the format from it)."""
-    folder, base = os.path.split(path)
-    extension = "." + base.split(".", 1)[1] if "." in base else ""
-    return os.path.join(folder, f".{base}.{os.getpid()}.tmp{extension}")
-
-
-def _replace_atomically(path: str, write: Callable[[str], None]) -> None:
-    tmp = _temporary_path_for(path)
-    try:
-        write(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
-def write_image_atomic(image: sitk.Image, path: str) -> None:
-    """sitk.WriteImage with compression (as nnU-Net writes), never leaving a partial file at `path`."""
-    _replace_atomically(path, lambda tmp: sitk.WriteImage(image, tmp, True))
-
-
-def copy_file_atomic(source: str, destination: str) -> None:
-    """Byte-exact copy, so that every header field (geometry included) is preserved exactly."""
-    _replace_atomically(destination, lambda tmp: shutil.copyfile(source, tmp))
-
-
-def write_json_atomic(content: Any, path: str) -> None:
-    _replace_atomically(path, lambda tmp: save_json(content, tmp, sort_keys=False))
 
 
 def write_dataset_json_atomic(folder: str, **generate_dataset_json_kwargs: Any) -> None:

@@ -9,7 +9,8 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 
-from nnqc.evaluation.evaluate import decode_error_bits, evaluate_predictions
+from nnqc.evaluation.evaluate import evaluate_predictions
+from nnqc.metrics.sem import decode_sem_bits, encode_sem_bits
 
 ENDING = ".nii.gz"
 DATASET_JSON = {"channel_names": {"0": "T1"}, "labels": {"background": 0, "A": 1, "B": 2}, "file_ending": ENDING,
@@ -178,7 +179,7 @@ def test_figures_match_hand_computed_values(tmp_path):
     for name in ("scatter_dsc.png", "scatter_nsd.png"):
         with open(os.path.join(folders["out"], name), "rb") as f:
             assert f.read(8) == b"\x89PNG\r\n\x1a\n"
-    assert not any(n.startswith(".tmp") for n in os.listdir(folders["out"]))
+    assert not any(n.startswith(".") for n in os.listdir(folders["out"]))
 
 
 def test_without_maps_dsc_sem_is_absent(tmp_path):
@@ -192,18 +193,16 @@ def test_without_maps_dsc_sem_is_absent(tmp_path):
 
 def test_bit_decoding():
     label_map = np.array([[0, 1, 2, 3, 4, 5, 6, 7]], dtype=np.uint8)
-    decoded = decode_error_bits(label_map, 3)
+    decoded = decode_sem_bits(label_map, 3)
     assert decoded.shape == (3, 1, 8) and decoded.dtype == bool
     np.testing.assert_array_equal(decoded[0, 0], [0, 1, 0, 1, 0, 1, 0, 1])
     np.testing.assert_array_equal(decoded[1, 0], [0, 0, 1, 1, 0, 0, 1, 1])
     np.testing.assert_array_equal(decoded[2, 0], [0, 0, 0, 0, 1, 1, 1, 1])
     with pytest.raises(ValueError, match="do not encode 2 region"):
-        decode_error_bits(label_map, 2)
+        decode_sem_bits(label_map, 2)
     # the writer's encoding, decoded back
-    from nnqc.inference.predictor import encode_sem_bits
-
     sem = np.random.default_rng(1).random((3, 5, 6, 7)) > 0.6
-    np.testing.assert_array_equal(decode_error_bits(encode_sem_bits(sem), 3), sem)
+    np.testing.assert_array_equal(decode_sem_bits(encode_sem_bits(sem), 3), sem)
 
 
 def test_balanced_subset_is_deterministic_and_used(tmp_path):

@@ -409,8 +409,8 @@ def test_inconsistent_candidate_is_named(nnunet_folders, brain, defect):
             extract_fingerprint(dataset_id, check_dataset_integrity=True)
     # nothing half-written is left behind
     data = os.path.join(pre, "nnQCPlans_3d_fullres")
-    assert not [f for d, _, files in os.walk(data) for f in files if f.startswith(".tmp_")]
-    assert not [d for d in os.listdir(data) if d.startswith(".tmp_")]
+    assert not [f for d, _, files in os.walk(data) for f in files if f.startswith(".")]
+    assert not [d for d in os.listdir(data) if d.startswith(".")]
 
 
 def test_plan_only_writes_3d_fullres_plans(nnunet_folders, brain):

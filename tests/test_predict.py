@@ -12,7 +12,8 @@ import torch
 from batchgenerators.utilities.file_and_folder_operations import join, load_json
 from conftest import QC_ID, TRAINER
 
-from nnqc.inference.predictor import CaseError, decode_sem_bits, nnQCPredictor
+from nnqc.inference.predictor import CaseError, nnQCPredictor
+from nnqc.metrics.sem import decode_sem_bits
 from nnqc.run.predict import model_folder
 
 OBLIQUE = (0.8660254, -0.5, 0.0, 0.5, 0.8660254, 0.0, 0.0, 0.0, 1.0)
@@ -92,7 +93,7 @@ def test_outputs_and_geometry(trained_pipeline, cases, tmp_path):
         assert np.allclose(volumes, row[["sem_volume_ml_whole_tumor", "sem_volume_ml_tumor_core",
                                          "sem_volume_ml_enhancing_tumor"]].to_numpy(float))
     assert (snapshot(cases["images"]), snapshot(cases["segs"])) == before
-    assert not [f for f in os.listdir(out) if f.startswith(".tmp")]
+    assert not [f for f in os.listdir(out) if f.startswith(".")]
 
 
 def test_ensemble_is_the_mean_of_folds_and_arrays_match_files(pipeline_env, cases, tmp_path):

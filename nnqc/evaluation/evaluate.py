@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
+from nnqc.atomic_files import write_bytes_atomically, write_text_atomically
 from nnqc.evaluation.plots import scatter_png
 from nnqc.evaluation.qc_metrics import regression_summary, sem_dice_summary
 from nnqc.evaluation.report import (
@@ -23,25 +24,14 @@ from nnqc.evaluation.report import (
     REPORT_HTML,
     SCATTER_PNGS,
     read_prediction_output,
-    write_atomically,
     write_report,
 )
 from nnqc.metrics import binary_dice, get_regions, nsd_tolerance_mm, quality_targets, segmentation_error_maps
+from nnqc.metrics.sem import decode_sem_bits
 from nnqc.sampling import balanced_subset
 
 # geometry tolerances as nnQC's preprocessing applies them between a candidate and its subject
 _SPACING_RTOL, _SPACING_ATOL, _POSITION_ATOL = 1e-4, 1e-6, 1e-3
-
-
-def decode_error_bits(label_map: np.ndarray, num_regions: int) -> np.ndarray:
-    """nnQC_predict's bit-encoded error map -> bool (C, *shape): bit c (value 2**c) set where region c is wrong."""
-    label_map = np.asarray(label_map)
-    if not np.issubdtype(label_map.dtype, np.integer):
-        raise TypeError(f"a bit-encoded error map holds integers, got dtype {label_map.dtype}")
-    if label_map.size and (label_map.min() < 0 or int(label_map.max()) >= 2 ** num_regions):
-        raise ValueError(f"values in [{label_map.min()}, {label_map.max()}] do not encode {num_regions} region(s) "
-                         f"(expected 0..{2 ** num_regions - 1})")
-    return np.stack([(label_map >> c) & 1 for c in range(num_regions)]).astype(bool)
 
 
 def image_geometry_mismatch(a: sitk.Image, b: sitk.Image) -> str | None:
@@ -96,7 +86,7 @@ def evaluate_case(case: str, reference_file: str, segmentation_file: str, error_
             raise ValueError(f"case {case}: the predicted error map {error_map_file} does not share the "
                              f"segmentation's geometry ({mismatch})")
         try:
-            predicted = decode_error_bits(error_map, len(regions))
+            predicted = decode_sem_bits(error_map, len(regions))
         except ValueError as e:
             raise ValueError(f"case {case}: {error_map_file} is not an nnQC error map: {e}") from e
         true = segmentation_error_maps(reference, segmentation, regions)
@@ -231,15 +221,15 @@ def evaluate_predictions(output_folder: str, reference_folder: str, dataset_json
         result[metric] = regression_summary(valid[f"true_{metric}"], valid[f"predicted_{metric}"])
         png = scatter_png(valid[f"true_{metric}"], valid[f"predicted_{metric}"], valid["flagged"], metric.upper(),
                           result[metric], flag_below)
-        write_atomically(os.path.join(output_folder, SCATTER_PNGS[metric.upper()]), png)
+        write_bytes_atomically(os.path.join(output_folder, SCATTER_PNGS[metric.upper()]), png)
     sem_columns = [f"dsc_sem_{name}" for name in region_names]
     with_maps = included[_finite(*[included[c] for c in sem_columns])] if len(included) else included
     result["dsc_sem"] = sem_dice_summary(with_maps[sem_columns].to_numpy(dtype=np.float64), region_names)
     result["not_evaluated"] = not_evaluated
     result = _json_ready(result)
 
-    write_atomically(os.path.join(output_folder, EVALUATION_CSV), evaluation.to_csv(index=False))
-    write_atomically(os.path.join(output_folder, EVALUATION_JSON), json.dumps(result, indent=2, allow_nan=False))
+    write_text_atomically(os.path.join(output_folder, EVALUATION_CSV), evaluation.to_csv(index=False))
+    write_text_atomically(os.path.join(output_folder, EVALUATION_JSON), json.dumps(result, indent=2, allow_nan=False))
     if os.path.isfile(os.path.join(output_folder, REPORT_HTML)):
         write_report(output_folder)
     if verbose:

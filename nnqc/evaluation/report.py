@@ -15,6 +15,7 @@ import numpy as np
 import pandas as pd
 import SimpleITK as sitk
 
+from nnqc.atomic_files import write_text_atomically
 from nnqc.evaluation.plots import case_preview_png
 from nnqc.metrics import get_regions
 
@@ -62,19 +63,6 @@ def worst_first(table: pd.DataFrame) -> pd.DataFrame:
     """Assessed cases by ascending predicted DSC (cases without a prediction after them, then by name)."""
     ok = table[table["status"] == "ok"]
     return ok.sort_values(["predicted_dsc", "case"], na_position="last", kind="stable").reset_index(drop=True)
-
-
-def write_atomically(path: str, data: bytes | str) -> None:
-    """Write through a temporary file in the same folder, so the file is either whole or absent."""
-    folder, name = os.path.split(os.path.abspath(path))
-    temporary = os.path.join(folder, f".tmp_{os.getpid()}_{name}")
-    try:
-        with open(temporary, "wb") as f:
-            f.write(data.encode("utf-8") if isinstance(data, str) else data)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
 
 
 # ---- per-case pictures -------------------------------------------------------------------------------------------
@@ -302,5 +290,5 @@ def write_report(output_folder: str, max_previews: int | None = DEFAULT_MAX_PREV
     parts += _evaluation_section(output_folder, figures)
     parts.append("</body></html>")
     path = os.path.join(output_folder, REPORT_HTML)
-    write_atomically(path, "\n".join(parts) + "\n")
+    write_text_atomically(path, "\n".join(parts) + "\n")
     return path

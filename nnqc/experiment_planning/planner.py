@@ -17,13 +17,9 @@ from nnunetv2.preprocessing.resampling.default_resampling import compute_new_sha
 from nnunetv2.utilities.json_export import recursive_fix_for_json_export
 
 from nnqc import paths
+from nnqc.atomic_files import copy_atomically, write_json_atomically
 from nnqc.metrics.regions import get_regions, nsd_tolerance_mm
-from nnqc.preprocessing.preprocessor import (
-    QCDatasetError,
-    copy_atomically,
-    reader_writer_from_dataset_json,
-    write_json_atomically,
-)
+from nnqc.preprocessing.preprocessor import QCDatasetError, reader_writer_from_dataset_json
 
 QC_CONFIGURATION = "3d_fullres"
 NUM_DOWNSAMPLINGS = 5  # stem, max-pool, stages 2-4 of QCResUNet
@@ -205,5 +201,5 @@ class nnQCPlanner(ExperimentPlanner):
                 print(f"Plans unchanged: {plans_file}")
                 return
         os.makedirs(self._preprocessed_folder(), exist_ok=True)
-        write_json_atomically(plans, plans_file)
+        write_json_atomically(plans_file, plans)
         print(f"Plans were saved to {plans_file}")

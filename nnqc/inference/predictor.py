@@ -23,7 +23,9 @@ from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, 
 from nnunetv2.utilities.helpers import dummy_context
 from tqdm import tqdm
 
+from nnqc.atomic_files import replace_atomically, write_text_atomically
 from nnqc.metrics.regions import allowed_labels, get_regions, nsd_tolerance_mm
+from nnqc.metrics.sem import decode_sem_bits, encode_sem_bits
 from nnqc.preprocessing.preprocessor import QCDatasetError, geometry_mismatch, nnQCPlansManager, nnQCPreprocessor
 from nnqc.trainer_lookup import get_trainer_class
 from nnqc.training.data_loader import centre_crop_or_pad, undo_centre_crop_or_pad
@@ -76,37 +78,6 @@ def check_output_folder(output_folder: str, *input_folders: str) -> None:
         if out == inp or out.startswith(inp + os.sep) or inp.startswith(out + os.sep):
             raise ValueError(f"the output folder {output_folder} must not be, contain or lie inside the input "
                              f"folder {folder}")
-
-
-def _write_atomically(path: str, write) -> None:
-    folder, name = os.path.split(path)
-    temporary = join(folder, f".tmp_{os.getpid()}_{name}")
-    try:
-        write(temporary)
-        os.replace(temporary, path)
-    finally:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-
-
-def write_text_atomically(path: str, text: str) -> None:
-    def write(p):
-        with open(p, "w") as f:
-            f.write(text)
-    _write_atomically(path, write)
-
-
-def encode_sem_bits(sem: np.ndarray) -> np.ndarray:
-    """(C, *S) bool -> one label map with bit c set where region c is wrong."""
-    dtype = np.uint8 if sem.shape[0] <= 8 else np.uint16
-    out = np.zeros(sem.shape[1:], dtype=dtype)
-    for c in range(sem.shape[0]):
-        out |= sem[c].astype(dtype) << c
-    return out
-
-
-def decode_sem_bits(label_map: np.ndarray, num_regions: int) -> np.ndarray:
-    return np.stack([(label_map >> c) & 1 for c in range(num_regions)]).astype(bool)
 
 
 class nnQCPredictor:
@@ -260,8 +231,8 @@ class nnQCPredictor:
                 row[f"sem_volume_ml_{name}"] = float(((bits >> c) & 1).sum() * voxel_ml)
             if save_maps:
                 rw = self.plans_manager.image_reader_writer_class()
-                _write_atomically(join(output_folder, case + self.dataset_json["file_ending"]),
-                                  lambda p: rw.write_seg(bits, p, properties))
+                replace_atomically(join(output_folder, case + self.dataset_json["file_ending"]),
+                                   lambda p: rw.write_seg(bits, p, properties))
         row["status"] = "ok"
         self._write_case_result(output_folder, row)
 

@@ -6,7 +6,6 @@ driven by subjects: a subject is read, normalized and resampled once, and each o
 only read, cropped with the subject's bounding box and resampled as a segmentation. Outputs are written
 atomically and reruns skip what is already up to date.
 """
-import json
 import multiprocessing
 import os
 import shutil
@@ -33,13 +32,13 @@ from nnunetv2.preprocessing.resampling.no_resampling import no_resampling_hack
 from nnunetv2.preprocessing.resampling.resample_torch import resample_torch_fornnunet
 from nnunetv2.utilities.crossval_split import generate_crossval_split
 from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-from nnunetv2.utilities.json_export import recursive_fix_for_json_export
 from nnunetv2.utilities.label_handling.label_handling import LabelManager
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
 from tqdm import tqdm
 
 from nnqc import paths
+from nnqc.atomic_files import copy_atomically, is_temporary_name, save_npz_atomically, write_json_atomically
 from nnqc.metrics.regions import allowed_labels
 
 CANDIDATES_FOLDER = "candidatesTr"
@@ -48,7 +47,7 @@ QC_TARGETS_FILE = "qc_targets.csv"
 QC_TARGETS_REQUIRED_COLUMNS = ("sample", "subject", "source", "generator", "seed", "dsc", "nsd")
 PREPROCESSED_CANDIDATES_FOLDER = "candidates"
 SUBJECT_OUTPUT_SUFFIXES = (".b2nd", "_seg.b2nd", ".pkl")  # the .pkl goes last: it marks a complete subject
-TEMPORARY_PREFIX = ".tmp_"
+TEMPORARY_FOLDER_PREFIX = ".tmp_"  # scratch folders in which a subject's outputs are written together
 NUM_FOLDS = 5
 SPLIT_SEED = 12345
 
@@ -208,45 +207,6 @@ def geometry_mismatch(candidate_properties: dict, subject_properties: dict) -> s
     return None
 
 
-def save_npz_atomically(file: str, **arrays: np.ndarray) -> None:
-    """np.savez_compressed through a temporary file in the same folder, so a file is whole or absent."""
-    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(file), prefix=TEMPORARY_PREFIX, suffix=".npz")
-    try:
-        with os.fdopen(handle, "wb") as f:
-            np.savez_compressed(f, **arrays)
-        os.replace(temporary, file)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-
-
-def copy_atomically(source: str, target: str) -> None:
-    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(target), prefix=TEMPORARY_PREFIX)
-    os.close(handle)
-    try:
-        shutil.copyfile(source, temporary)
-        os.replace(temporary, target)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-
-
-def write_json_atomically(obj: dict | list, file: str) -> None:
-    if isinstance(obj, dict):
-        recursive_fix_for_json_export(obj)
-    handle, temporary = tempfile.mkstemp(dir=os.path.dirname(file), prefix=TEMPORARY_PREFIX, suffix=".json")
-    try:
-        with os.fdopen(handle, "w") as f:
-            json.dump(obj, f, indent=4, sort_keys=False)
-        os.replace(temporary, file)
-    except BaseException:
-        if os.path.exists(temporary):
-            os.remove(temporary)
-        raise
-
-
 def _is_up_to_date(outputs: Sequence[str], inputs: Sequence[str]) -> bool:
     if not all(isfile(f) for f in outputs):
         return False
@@ -366,7 +326,7 @@ class nnQCPreprocessor(DefaultPreprocessor):
             for f in reversed(outputs):  # the .pkl first: an interrupted redo leaves an incomplete subject
                 if isfile(f):
                     os.remove(f)
-            temporary_folder = tempfile.mkdtemp(dir=output_folder, prefix=TEMPORARY_PREFIX)
+            temporary_folder = tempfile.mkdtemp(dir=output_folder, prefix=TEMPORARY_FOLDER_PREFIX)
             try:
                 self.run_case_save(join(temporary_folder, subject), image_files, label_file, plans_manager,
                                    configuration_manager, dataset_json)
@@ -459,7 +419,7 @@ class nnQCPreprocessor(DefaultPreprocessor):
         for folder in (output_folder, join(output_folder, PREPROCESSED_CANDIDATES_FOLDER)):
             for name in os.listdir(folder):
                 path = join(folder, name)
-                if name.startswith(TEMPORARY_PREFIX):
+                if name.startswith(TEMPORARY_FOLDER_PREFIX) or is_temporary_name(name):
                     if isdir(path):
                         shutil.rmtree(path, ignore_errors=True)
                     elif isfile(path):
@@ -515,4 +475,4 @@ class nnQCPreprocessor(DefaultPreprocessor):
             if num_folds < NUM_FOLDS:
                 print(f"WARNING: only {len(subjects)} subjects: writing {num_folds} folds instead of {NUM_FOLDS}")
             splits = generate_crossval_split(subjects, seed=SPLIT_SEED, n_splits=num_folds)
-        write_json_atomically([{k: [str(s) for s in v] for k, v in fold.items()} for fold in splits], splits_file)
+        write_json_atomically(splits_file, [{k: [str(s) for s in v] for k, v in fold.items()} for fold in splits])

@@ -19,9 +19,15 @@ from typing import Any, Callable, Iterable, Iterator, Sequence
 import numpy as np
 from tqdm import tqdm
 
+from nnqc.atomic_files import (
+    is_temporary_name,
+    link_or_copy,
+    replace_atomically,
+    write_json_atomically,
+    write_text_atomically,
+)
 from nnqc.metrics import allowed_labels, get_regions, nsd_tolerance_mm, quality_targets
 from nnqc.qc_data.dataset_io import (
-    TEMP_PREFIX,
     CaseFiles,
     ConversionError,
     Geometry,
@@ -30,15 +36,12 @@ from nnqc.qc_data.dataset_io import (
     check_labels,
     dataset_short_name,
     is_complete_copy,
-    link_or_copy,
     load_dataset_json,
     open_source_dataset,
     raw_folder_of_dataset,
     read_geometry,
     read_label_map,
-    write_json_atomic,
     write_label_map,
-    write_text_atomic,
 )
 from nnqc.qc_data.external import ExternalSource, check_external_candidate, external_sources
 from nnqc.qc_data.generators import GENERATOR_FAMILIES, generate_candidate
@@ -146,7 +149,7 @@ def read_progress_records(folder: str) -> dict[str, dict]:
     if not os.path.isdir(progress_folder):
         return records
     for name in sorted(os.listdir(progress_folder)):
-        if not name.endswith(".jsonl") or name.startswith(TEMP_PREFIX):
+        if not name.endswith(".jsonl") or is_temporary_name(name):
             continue
         with open(os.path.join(progress_folder, name), encoding="utf-8") as f:
             for line in f:
@@ -332,7 +335,7 @@ def start_or_resume(folder: str, settings: dict) -> None:
         os.makedirs(os.path.join(folder, sub), exist_ok=True)
     path = os.path.join(folder, PROGRESS_FOLDER, SETTINGS_JSON)
     if not os.path.isfile(path):
-        write_json_atomic(settings, path)
+        write_json_atomically(path, settings)
 
 
 def _done_samples(folder: str, plan: Sequence[SampleSpec]) -> dict[str, dict]:
@@ -454,7 +457,7 @@ def merge_if_complete(folder: str, plan: Sequence[SampleSpec], dataset: SourceDa
         copy_subject(context.cases, subject, folder, context.file_ending)
     _remove_stale_temp_files(folder)
     rows = [done[s] for s in sorted(done)]
-    write_text_atomic(qc_targets_csv_text(rows, context.region_names), os.path.join(folder, TARGETS_CSV))
+    write_text_atomically(os.path.join(folder, TARGETS_CSV), qc_targets_csv_text(rows, context.region_names))
     per_source: dict[str, int] = {}
     for row in rows:
         per_source[row["source"]] = per_source.get(row["source"], 0) + 1
@@ -467,7 +470,7 @@ def merge_if_complete(folder: str, plan: Sequence[SampleSpec], dataset: SourceDa
                             "num_samples": len(rows),
                             "samples_per_source": {k: per_source[k] for k in sorted(per_source)},
                             "seed": settings["seed"]}
-    write_json_atomic(dataset_json, os.path.join(folder, DATASET_JSON))
+    write_json_atomically(os.path.join(folder, DATASET_JSON), dataset_json)
     plot_dsc_histogram([r["dsc"] for r in rows], [r["source"] for r in rows], os.path.join(folder, HISTOGRAM_PNG))
     if verbose:
         print(f"QC dataset complete: {folder} ({len(rows)} samples of {len(subjects)} subjects)")
@@ -475,11 +478,13 @@ def merge_if_complete(folder: str, plan: Sequence[SampleSpec], dataset: SourceDa
 
 
 def _remove_stale_temp_files(folder: str) -> None:
-    """Temporary files of killed runs; only called when no part has work left."""
+    """Temporary files of killed runs; only called when no part has work left. Temporaries are hidden files
+    (nnqc.atomic_files), and no hidden file belongs in a QC dataset: nnU-Net would list one with the file
+    ending as a case, so every hidden file goes."""
     for sub in (IMAGES_FOLDER, LABELS_FOLDER, CANDIDATES_FOLDER, PROGRESS_FOLDER, ""):
         path = os.path.join(folder, sub)
         for name in os.listdir(path):
-            if name.startswith(TEMP_PREFIX):
+            if name.startswith(".") and os.path.isfile(os.path.join(path, name)):
                 os.remove(os.path.join(path, name))
 
 
@@ -527,13 +532,7 @@ def plot_dsc_histogram(dscs: Sequence[float], sources: Sequence[str], path: str)
     ax.set_title(f"QC samples per DSC bin (n = {len(dscs)})")
     ax.legend(title="source", fontsize="small")
     figure.tight_layout()
-    tmp = os.path.join(os.path.dirname(path), f"{TEMP_PREFIX}{os.getpid()}_{os.path.basename(path)}")
-    try:
-        figure.savefig(tmp, dpi=100)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    replace_atomically(path, lambda temporary: figure.savefig(temporary, dpi=100))
 
 
 # ---------------------------------------------------------------------------------------------------------------

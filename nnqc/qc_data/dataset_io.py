@@ -1,14 +1,11 @@
-"""Reading a source nnU-Net raw dataset for QC conversion, and the file operations the QC writer relies on.
+"""Reading a source nnU-Net raw dataset for QC conversion, and writing label maps with a reference's header.
 
 Geometry and label maps are read with SimpleITK directly so that a candidate can be checked against (and
-written with) the exact header of its subject's reference. Every write goes to a temporary name in the
-destination folder followed by os.replace, so an interrupted run never leaves a half-written file under a
-final name.
+written with) the exact header of its subject's reference. Writes are atomic (nnqc.atomic_files).
 """
 import json
 import os
 import re
-import shutil
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -17,12 +14,11 @@ import SimpleITK as sitk
 from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 from nnunetv2.utilities.dataset_name_id_conversion import find_candidate_datasets, maybe_convert_to_dataset_name
 
+from nnqc.atomic_files import write_image_atomically
 from nnqc.paths import require
 
 # file endings that SimpleITK reads and writes with full geometry (nnU-Net's SimpleITKIO list, plus plain NIfTI)
 SUPPORTED_FILE_ENDINGS: tuple[str, ...] = tuple(SimpleITKIO.supported_file_endings) + (".nii",)
-# prefix of the temporary names used for atomic writes; such files are never part of a finished dataset
-TEMP_PREFIX = ".tmp"
 GEOMETRY_RTOL = 1e-4
 
 
@@ -108,55 +104,13 @@ def check_labels(array: np.ndarray, allowed: Sequence[int], path: str) -> None:
                               f"(allowed: {list(allowed)})")
 
 
-def temp_path_for(path: str) -> str:
-    """A temporary name next to `path`, unique per process, keeping the file ending (SimpleITK and matplotlib
-    choose the format from it)."""
-    folder, name = os.path.split(path)
-    return os.path.join(folder, f"{TEMP_PREFIX}{os.getpid()}_{name}")
-
-
 def write_label_map(array: np.ndarray, geometry: Geometry, path: str) -> None:
     """Atomically write a uint8 label map with exactly the given geometry, compressed."""
     image = sitk.GetImageFromArray(np.ascontiguousarray(array, dtype=np.uint8))
     image.SetSpacing(geometry.spacing)
     image.SetOrigin(geometry.origin)
     image.SetDirection(geometry.direction)
-    tmp = temp_path_for(path)
-    try:
-        sitk.WriteImage(image, tmp, useCompression=True)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def write_text_atomic(text: str, path: str) -> None:
-    tmp = temp_path_for(path)
-    try:
-        with open(tmp, "w", encoding="utf-8", newline="") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-
-
-def write_json_atomic(content: dict, path: str) -> None:
-    write_text_atomic(json.dumps(content, indent=4, sort_keys=False) + "\n", path)
-
-
-def link_or_copy(source: str, destination: str) -> None:
-    """Hard link when both are on one filesystem, copy otherwise; atomic; the source is never modified."""
-    tmp = temp_path_for(destination)
-    try:
-        try:
-            os.link(source, tmp)
-        except OSError:
-            shutil.copyfile(source, tmp)
-        os.replace(tmp, destination)
-    finally:
-        if os.path.lexists(tmp):
-            os.remove(tmp)
+    write_image_atomically(image, path)
 
 
 def is_complete_copy(source: str, destination: str) -> bool:

@@ -9,7 +9,8 @@ import warnings
 from dataclasses import dataclass
 from typing import Sequence
 
-from nnqc.qc_data.dataset_io import TEMP_PREFIX, ConversionError, Geometry, check_labels, read_label_map
+from nnqc.atomic_files import is_temporary_name
+from nnqc.qc_data.dataset_io import ConversionError, Geometry, check_labels, read_label_map
 
 # sources the converter generates itself; an external tag may not take these names
 RESERVED_TAGS: tuple[str, ...] = ("seggen", "degrade", "external")
@@ -37,7 +38,7 @@ def index_candidate_folder(folder: str, subjects: Sequence[str], file_ending: st
     known = set(subjects)
     files = {}
     for name in sorted(os.listdir(folder)):
-        if not name.endswith(file_ending) or name.startswith(TEMP_PREFIX):
+        if not name.endswith(file_ending) or is_temporary_name(name):
             continue
         case = name[:-len(file_ending)]
         if case not in known:

@@ -45,10 +45,11 @@ def predict_entry() -> None:
     parser.add_argument("--no_maps", action="store_true", help="do not write the error maps")
     parser.add_argument("--flag_below", type=float, default=DEFAULT_FLAG_BELOW,
                         help=f"flag cases whose predicted DSC is below this (default {DEFAULT_FLAG_BELOW})")
-    parser.add_argument("-npp", type=int, default=1,
-                        help="processes reading and preprocessing cases ahead of the network (default 1; 0: none)")
-    parser.add_argument("-nps", type=int, default=2,
-                        help="threads restoring and writing the error maps (default 2)")
+    parser.add_argument("-npp", type=int, default=None,
+                        help="processes reading and preprocessing cases ahead of the network (0: none; default 1 "
+                             "on a GPU, 0 on the CPU, where they would compete with the network for the cores)")
+    parser.add_argument("-nps", type=int, default=None,
+                        help="threads restoring and writing the error maps (default 2 on a GPU, 1 on the CPU)")
     parser.add_argument("-num_parts", type=int, default=1, help="split the cases into this many parts")
     parser.add_argument("-part_id", type=int, default=0, help="which part this run predicts (0-based)")
     parser.add_argument("--continue_prediction", action="store_true", help="skip cases already predicted")
@@ -57,15 +58,17 @@ def predict_entry() -> None:
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("CUDA is not available here; use -device cpu")
-    if device.type == "cpu":
+    on_cpu = device.type == "cpu"
+    if on_cpu:
         torch.set_num_threads(os.cpu_count() or 1)
+    npp = (0 if on_cpu else 1) if args.npp is None else args.npp
+    nps = (1 if on_cpu else 2) if args.nps is None else args.nps
     predictor = nnQCPredictor(device)
     try:
         predictor.initialize_from_trained_model_folder(model_folder(args.d, args.tr, args.p, args.c), args.f,
                                                        args.chk)
         table = predictor.predict_from_files(args.i, args.s, args.o, not args.no_maps, args.flag_below,
-                                             args.num_parts, args.part_id, args.continue_prediction, args.npp,
-                                             args.nps)
+                                             args.num_parts, args.part_id, args.continue_prediction, npp, nps)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"nnQC_predict: error: {e}", file=sys.stderr)
         sys.exit(1)

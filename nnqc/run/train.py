@@ -17,11 +17,11 @@ from nnqc.trainer_lookup import get_trainer_class
 PLANS_IDENTIFIER = "nnQCPlans"
 
 
-def get_trainer(dataset_name_or_id: str | int, configuration: str, fold: int | str, trainer_name: str = "nnQCTrainer",
-                plans_identifier: str = PLANS_IDENTIFIER, continue_training: bool = False,
-                device: torch.device = torch.device("cuda")):
-    """Instantiate a trainer for a preprocessed QC dataset, as nnU-Net's get_trainer_from_args does."""
-    trainer_class = get_trainer_class(trainer_name)
+def get_trainer(dataset_name_or_id: str | int, configuration: str, fold: int | str,
+                trainer_name: str | type = "nnQCTrainer", plans_identifier: str = PLANS_IDENTIFIER,
+                continue_training: bool = False, device: torch.device = torch.device("cuda")):
+    """Instantiate a trainer (name or class) for a preprocessed QC dataset, as nnU-Net's get_trainer_from_args."""
+    trainer_class = trainer_name if isinstance(trainer_name, type) else get_trainer_class(trainer_name)
     dataset_name = maybe_convert_to_dataset_name(dataset_name_or_id)
     folder = join(require("nnUNet_preprocessed"), dataset_name)
     plans_file = join(folder, plans_identifier + ".json")

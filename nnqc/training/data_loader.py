@@ -77,7 +77,7 @@ def collate(examples: Sequence[tuple[np.ndarray, np.ndarray]], rows: pd.DataFram
         labels.append(label)
     labels = torch.stack(labels)
     return {"data": torch.stack(images), "reference": labels[:, :1], "candidate": labels[:, 1:],
-            "quality": torch.from_numpy(rows[["dsc", "nsd"]].to_numpy(np.float32)),
+            "quality": torch.from_numpy(rows[["dsc", "nsd"]].to_numpy(np.float32, copy=True)),
             "samples": list(rows["sample"])}
 
 

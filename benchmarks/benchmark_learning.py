@@ -1,0 +1,136 @@
+"""Does QC learn on CPU? QCResUNet against the ResNet-34 regressor, each trained for the same wall time.
+
+    python benchmarks/benchmark_learning.py [--minutes 20] [--subjects 40] [--held_out 10] [--keep DIR]
+
+Phantom source dataset (BraTS-like, small size) -> nnQC_convert -> plan and preprocess -> for each trainer,
+training on CPU until the time budget is spent (whole epochs) -> predictions on held-out subjects whose
+candidates span all quality levels -> Pearson r and MAE of DSC and NSD, DSC_SEM. Targets (QCResUNet):
+DSC r >= 0.85, NSD r >= 0.8, DSC_SEM >= 0.5.
+"""
+import argparse
+import os
+import shutil
+import sys
+import tempfile
+import time
+
+import numpy as np
+import SimpleITK as sitk
+import torch
+
+TRAINERS = ("nnQCTrainer_CPUDemo", "nnQCTrainer_ResNet34")
+
+
+def time_limited(trainer_class: type, seconds: float) -> type:
+    """The trainer with its schedule cut when the budget is spent (after the epoch that spends it)."""
+
+    class TimeLimited(trainer_class):
+        def run_training(self):
+            self.num_epochs = 1000
+            start = time.time()
+            self.on_train_start()
+            while self.current_epoch < self.num_epochs:
+                self.on_epoch_start()
+                self.on_train_epoch_start()
+                outputs = [self.train_step(next(self.dataloader_train)) for _ in range(self.num_iterations_per_epoch)]
+                self.on_train_epoch_end(outputs)
+                with torch.no_grad():
+                    self.on_validation_epoch_start()
+                    self.on_validation_epoch_end([self.validation_step(next(self.dataloader_val))
+                                                  for _ in range(self.num_val_iterations_per_epoch)])
+                self.on_epoch_end()
+                if time.time() - start > seconds:
+                    break
+            self.on_train_end()
+
+    TimeLimited.__name__ = trainer_class.__name__
+    return TimeLimited
+
+
+def held_out_cases(source: str, out: str, per_case: int) -> tuple[str, str, str]:
+    from nnqc.metrics.regions import allowed_labels, get_regions
+    from nnqc.qc_data.generators import GENERATOR_FAMILIES, generate_candidate
+
+    with open(os.path.join(source, "dataset.json")) as f:
+        import json
+        dataset_json = json.load(f)
+    _, regions = get_regions(dataset_json)
+    labels = allowed_labels(dataset_json)
+    folders = [os.path.join(out, n) for n in ("images", "segmentations", "references")]
+    for folder in folders:
+        os.makedirs(folder, exist_ok=True)
+    cases = sorted(f[:-7] for f in os.listdir(os.path.join(source, "labelsTs")))
+    for i, case in enumerate(cases):
+        reference = sitk.ReadImage(os.path.join(source, "labelsTs", case + ".nii.gz"))
+        array = sitk.GetArrayFromImage(reference)
+        for k in range(per_case):
+            name = f"{case}_{k}"
+            family = GENERATOR_FAMILIES[k % len(GENERATOR_FAMILIES)]
+            candidate = generate_candidate(family, array, 10_000 + 100 * i + k, reference.GetSpacing()[::-1],
+                                           labels, regions)
+            image = sitk.GetImageFromArray(candidate)
+            image.CopyInformation(reference)
+            sitk.WriteImage(image, os.path.join(folders[1], name + ".nii.gz"), True)
+            shutil.copyfile(os.path.join(source, "labelsTs", case + ".nii.gz"),
+                            os.path.join(folders[2], name + ".nii.gz"))
+            for c in range(4):
+                os.link(os.path.join(source, "imagesTs", f"{case}_{c:04d}.nii.gz"),
+                        os.path.join(folders[0], f"{name}_{c:04d}.nii.gz"))
+    return tuple(folders)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minutes", type=float, default=20)
+    parser.add_argument("--subjects", type=int, default=40)
+    parser.add_argument("--held_out", type=int, default=10)
+    parser.add_argument("--per_case", type=int, default=7, help="candidates per held-out subject")
+    parser.add_argument("--shape", type=int, nargs=3, default=(48, 56, 48))
+    parser.add_argument("--trainers", nargs="+", default=list(TRAINERS))
+    parser.add_argument("--keep", default=None, help="work folder to keep (default: a temporary one)")
+    args = parser.parse_args()
+    root = args.keep or tempfile.mkdtemp(prefix="nnqc_learning_")
+    for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
+        os.environ[name] = os.path.join(root, name)
+        os.makedirs(os.environ[name], exist_ok=True)
+    torch.set_num_threads(os.cpu_count() or 1)
+    from dataset_conversion.phantoms import write_phantom_dataset
+    from nnqc.evaluation.evaluate import evaluate_predictions
+    from nnqc.experiment_planning.plan_and_preprocess import plan_and_preprocess
+    from nnqc.inference.predictor import nnQCPredictor
+    from nnqc.qc_data.conversion import convert_dataset
+    from nnqc.run.train import get_trainer
+    from nnqc.trainer_lookup import get_trainer_class
+
+    source = write_phantom_dataset(800, "LearnPhantom", args.subjects, "brats", shape=args.shape, seed=11,
+                                   num_test=args.held_out, num_processes=2, overwrite=True)
+    convert_dataset(800, 801, num_seggen=3, num_degradations=12, num_processes=2, verbose=False)
+    plan_and_preprocess([801], num_processes=2)
+    images, segs, refs = held_out_cases(source, os.path.join(root, "held_out"), args.per_case)
+    os.environ["nnUNet_n_proc_DA"] = "0"
+    rows = []
+    for name in args.trainers:
+        trainer = get_trainer(801, "3d_fullres", 0, time_limited(get_trainer_class(name), args.minutes * 60),
+                              device=torch.device("cpu"))
+        start = time.time()
+        trainer.run_training()
+        minutes = (time.time() - start) / 60
+        predictor = nnQCPredictor(torch.device("cpu"), allow_tqdm=False)
+        predictor.initialize_from_trained_model_folder(os.path.dirname(trainer.output_folder), (0,))
+        out = os.path.join(root, f"qc_{name}")
+        predictor.predict_from_files(images, segs, out)
+        result = evaluate_predictions(out, refs, verbose=False)
+        rows.append((name, minutes, trainer.current_epoch * trainer.num_iterations_per_epoch, result))
+    print(f"\nheld-out: {args.held_out} subjects x {args.per_case} candidates, phantoms {tuple(args.shape)}")
+    print(f"{'trainer':<24}{'minutes':>8}{'iters':>7}{'DSC r':>8}{'DSC MAE':>9}{'NSD r':>8}{'NSD MAE':>9}"
+          f"{'DSC_SEM':>9}")
+    for name, minutes, iterations, r in rows:
+        sem = r["dsc_sem"].get("mean")
+        print(f"{name:<24}{minutes:>8.1f}{iterations:>7}{r['dsc']['r']:>8.3f}{r['dsc']['mae']:>9.3f}"
+              f"{r['nsd']['r']:>8.3f}{r['nsd']['mae']:>9.3f}{(sem if sem is not None else np.nan):>9.3f}")
+    if not args.keep:
+        shutil.rmtree(root, ignore_errors=True)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,96 @@
+"""Writing files so that they exist whole or not at all.
+
+Every writer here writes to a hidden temporary sibling of the destination and then renames it over the
+destination with os.replace (atomic within one folder), so a killed or failing run never leaves a
+half-written file under a final name, and readers that skip hidden files never see a partial one.
+"""
+import json
+import os
+import re
+import shutil
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+import SimpleITK as sitk
+
+_TEMPORARY_NAME = re.compile(r"\..+\.\d+\.tmp(\..+)?")
+
+
+def temporary_path_for(path: str) -> str:
+    """'.name.PID.tmp.ext' next to `path`: hidden, unique per process, and with the full extension of `path`
+    ('.nii.gz', not '.gz') because SimpleITK and matplotlib choose the file format from it."""
+    folder, name = os.path.split(path)
+    extension = "." + name.split(".", 1)[1] if "." in name else ""
+    return os.path.join(folder, f".{name}.{os.getpid()}.tmp{extension}")
+
+
+def is_temporary_name(name: str) -> bool:
+    """True for a file name that temporary_path_for produces (a leftover when its writer was killed)."""
+    return _TEMPORARY_NAME.fullmatch(name) is not None
+
+
+def replace_atomically(path: str, write: Callable[[str], None]) -> None:
+    """Call write(temporary path), then move the result to `path`; the temporary never outlives the call."""
+    temporary = temporary_path_for(path)
+    try:
+        write(temporary)
+        os.replace(temporary, path)
+    finally:
+        # also after success: renaming a hard link onto another link of the same file leaves both names
+        if os.path.lexists(temporary):
+            os.remove(temporary)
+
+
+def write_text_atomically(path: str, text: str) -> None:
+    """UTF-8, line endings exactly as given (byte-identical output on every platform)."""
+    def write(temporary: str) -> None:
+        with open(temporary, "w", encoding="utf-8", newline="") as f:
+            f.write(text)
+    replace_atomically(path, write)
+
+
+def write_bytes_atomically(path: str, data: bytes) -> None:
+    def write(temporary: str) -> None:
+        with open(temporary, "wb") as f:
+            f.write(data)
+    replace_atomically(path, write)
+
+
+def write_json_atomically(path: str, obj: Any) -> None:
+    """JSON as nnU-Net writes it (save_json): indent 4, keys in their given order, no trailing newline.
+
+    Values must be JSON types; nnU-Net's recursive_fix_for_json_export converts numpy values beforehand.
+    """
+    def write(temporary: str) -> None:
+        with open(temporary, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=4, sort_keys=False)
+    replace_atomically(path, write)
+
+
+def copy_atomically(source: str, destination: str) -> None:
+    """Byte-exact copy (every image header field is kept); the source is only read."""
+    replace_atomically(destination, lambda temporary: shutil.copyfile(source, temporary))
+
+
+def link_or_copy(source: str, destination: str) -> None:
+    """Hard link when both lie on one filesystem (no extra space), byte-exact copy otherwise."""
+    def write(temporary: str) -> None:
+        try:
+            os.link(source, temporary)
+        except OSError:
+            shutil.copyfile(source, temporary)
+    replace_atomically(destination, write)
+
+
+def save_npz_atomically(path: str, **arrays: np.ndarray) -> None:
+    """np.savez_compressed of the named arrays to exactly `path` (no '.npz' appended)."""
+    def write(temporary: str) -> None:
+        with open(temporary, "wb") as f:
+            np.savez_compressed(f, **arrays)
+    replace_atomically(path, write)
+
+
+def write_image_atomically(image: sitk.Image, path: str) -> None:
+    """sitk.WriteImage with compression, as nnU-Net writes images; the format follows the extension of `path`."""
+    replace_atomically(path, lambda temporary: sitk.WriteImage(image, temporary, useCompression=True))
