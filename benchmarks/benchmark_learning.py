@@ -86,6 +86,8 @@ def main() -> None:
     parser.add_argument("--held_out", type=int, default=10)
     parser.add_argument("--per_case", type=int, default=7, help="candidates per held-out subject")
     parser.add_argument("--shape", type=int, nargs=3, default=(48, 56, 48))
+    parser.add_argument("--lesion_size", type=float, nargs=2, default=(0.18, 0.42),
+                        help="lesion radius range as a fraction of the brain radius")
     parser.add_argument("--trainers", nargs="+", default=list(TRAINERS))
     parser.add_argument("--keep", default=None, help="work folder to keep (default: a temporary one)")
     args = parser.parse_args()
@@ -103,7 +105,8 @@ def main() -> None:
     from nnqc.trainer_lookup import get_trainer_class
 
     source = write_phantom_dataset(800, "LearnPhantom", args.subjects, "brats", shape=args.shape, seed=11,
-                                   num_test=args.held_out, num_processes=2, overwrite=True)
+                                   num_test=args.held_out, num_processes=2, overwrite=True,
+                                   lesion_size=args.lesion_size)
     convert_dataset(800, 801, num_seggen=3, num_degradations=12, num_processes=2, verbose=False)
     plan_and_preprocess([801], num_processes=2)
     images, segs, refs = held_out_cases(source, os.path.join(root, "held_out"), args.per_case)

@@ -12,9 +12,10 @@ preprocessing, the forward passes, the SEM restoration to the input geometry and
 Two ways to run the cases:
 - sequential: each case alone through nnQCPredictor.predict_from_files, no helper processes or threads:
   the latency of one case (mean and median over the cases);
-- pipelined: all cases in one predict_from_files call with nnQC_predict's defaults (one process
-  preprocessing ahead, two threads writing maps): the throughput of a folder of cases (its helper process
-  starts within the timed call, which weighs on a handful of cases).
+- pipelined: all cases in one predict_from_files call with nnQC_predict's GPU defaults (one process
+  preprocessing ahead, two threads writing maps; on the CPU nnQC_predict defaults to the sequential way):
+  the throughput of a folder of cases (its helper process starts within the timed call, which weighs on a
+  handful of cases).
 """
 import argparse
 import os
@@ -29,8 +30,8 @@ SOURCE_ID, QC_ID = 980, 981
 TRAINER, PLANS, CONFIGURATION = "nnQCTrainer", "nnQCPlans", "3d_fullres"
 EXPECTED_INPUT_SHAPE = [160, 192, 160]
 TARGET_SECONDS_PER_CASE = 6.0
-PIPELINED = {"num_processes_preprocessing": 1, "num_threads_export": 2}  # nnQC_predict's -npp and -nps defaults
-SEQUENTIAL = {"num_processes_preprocessing": 0, "num_threads_export": 1}
+PIPELINED = {"num_processes_preprocessing": 1, "num_threads_export": 2}  # nnQC_predict's -npp / -nps defaults on a GPU
+SEQUENTIAL = {"num_processes_preprocessing": 0, "num_threads_export": 1}  # ... and on the CPU
 
 
 def point_nnunet_folders_to(base: str) -> None:

@@ -44,6 +44,7 @@ _BRAIN_CONTRASTS = {
 # Brain semi-axes as fractions of the volume shape (z, y, x). At 155x240x240 the cropped brain spans about
 # 133-153 x 163-188 x 134-154 voxels, as in BraTS, so a planner rounding up to multiples of 32 gets 160x192x160.
 _BRAIN_SEMI_AXES = np.array([0.46, 0.365, 0.30])
+DEFAULT_LESION_SIZE = (0.18, 0.42)  # lesion radius / brain radius: whole tumours of about 0.6-7 % of the brain
 _BRAIN_SIZE_JITTER = 0.02
 _BRAIN_BOUNDARY_AMPLITUDE = 0.05
 
@@ -103,14 +104,18 @@ def _tissue_intensities(name: str, jitter: np.ndarray) -> np.ndarray:
 
 
 def make_brats_phantom(shape: Sequence[int] = (155, 240, 240), spacing: Sequence[float] = (1.0, 1.0, 1.0),
-                       rng: np.random.Generator | int | None = None) -> tuple[np.ndarray, np.ndarray]:
+                       rng: np.random.Generator | int | None = None,
+                       lesion_size: Sequence[float] = DEFAULT_LESION_SIZE) -> tuple[np.ndarray, np.ndarray]:
     """A skull-stripped multi-contrast brain with a glioma-like lesion.
 
     Returns images (4, *shape) float32 (T1, T1ce, T2, FLAIR; integer-valued, exactly 0 outside the brain) and
     seg uint8 with nnU-Net's BraTS labels (1 edema, 2 necrosis, 3 enhancing). Sizes scale with `shape`;
-    `spacing` (z, y, x) keeps the lesion round in mm. `rng`: a Generator or a seed.
+    `spacing` (z, y, x) keeps the lesion round in mm. `rng`: a Generator or a seed. `lesion_size`: range of
+    the lesion's radius as a fraction of the brain's (BraTS-like by default).
     """
     shape, spacing = _check_geometry(shape, spacing)
+    if not 0 < lesion_size[0] <= lesion_size[1] < 1:
+        raise ValueError(f"lesion_size must be 0 < low <= high < 1 (fractions of the brain radius), got {lesion_size}")
     rng = _as_rng(rng)
     soft_mm = 0.5 * float(spacing.min())
 
@@ -160,7 +165,7 @@ def make_brats_phantom(shape: Sequence[int] = (155, 240, 240), spacing: Sequence
 
     seg_in_box = np.zeros(box_shape, dtype=np.uint8)
     _add_lesion(tissues, seg_in_box, brain, centre - lo, semi_axes, spacing, brain_radius_mm, contrast, rng,
-                soft_mm)
+                soft_mm, lesion_size)
 
     # scanner effects: smooth bias field, noise, arbitrary per-contrast scale; background exactly 0
     images = np.zeros((4, *shape), dtype=np.float32)
@@ -177,10 +182,11 @@ def make_brats_phantom(shape: Sequence[int] = (155, 240, 240), spacing: Sequence
 
 def _add_lesion(images: np.ndarray, seg: np.ndarray, brain: np.ndarray, brain_centre: np.ndarray,
                 brain_semi_axes: np.ndarray, spacing: np.ndarray, brain_radius_mm: float,
-                contrast: dict[str, np.ndarray], rng: np.random.Generator, soft_mm: float) -> None:
+                contrast: dict[str, np.ndarray], rng: np.random.Generator, soft_mm: float,
+                lesion_size: Sequence[float]) -> None:
     """Edema around a tumour core (enhancing rim around necrosis), lumpy and randomly placed, in place."""
     centre = brain_centre + _sample_in_ball(rng, 0.5) * brain_semi_axes
-    whole_mm = brain_radius_mm * rng.uniform(0.18, 0.42)
+    whole_mm = brain_radius_mm * rng.uniform(*lesion_size)
     core_mm = whole_mm * rng.uniform(0.35, 0.7)
     necrosis_mm = core_mm * rng.uniform(0.4, 0.8)
     has_enhancing = rng.random() > 0.1
@@ -371,9 +377,13 @@ def phantom_case_name(index: int) -> str:
 
 
 def _write_phantom_case(kind: str, index: int, shape: Sequence[int], spacing: Sequence[float], seed: int,
-                        oblique: bool, images_folder: str, labels_folder: str) -> None:
-    make = make_brats_phantom if kind == "brats" else make_acdc_phantom
-    images, seg = make(shape, spacing, np.random.default_rng([seed, index]))
+                        oblique: bool, images_folder: str, labels_folder: str,
+                        lesion_size: Sequence[float]) -> None:
+    rng = np.random.default_rng([seed, index])
+    if kind == "brats":
+        images, seg = make_brats_phantom(shape, spacing, rng, lesion_size)
+    else:
+        images, seg = make_acdc_phantom(shape, spacing, rng)
     # the frame comes from its own stream so that `oblique` changes the header only, never the content
     origin, direction = _geometry_for(shape, spacing, np.random.default_rng([seed, index, 1]),
                                       oblique and index % 2 == 1)
@@ -388,12 +398,14 @@ def _write_phantom_case(kind: str, index: int, shape: Sequence[int], spacing: Se
 def write_phantom_dataset(dataset_id: int, name: str, num_subjects: int, kind: str = "brats",
                           shape: Sequence[int] | None = None, spacing: Sequence[float] | None = None,
                           seed: int = 0, num_test: int = 0, raw_folder: str | None = None,
-                          oblique: bool = False, num_processes: int = 1, overwrite: bool = False) -> str:
+                          oblique: bool = False, num_processes: int = 1, overwrite: bool = False,
+                          lesion_size: Sequence[float] = DEFAULT_LESION_SIZE) -> str:
     """Write phantoms as nnU-Net raw dataset Dataset{id:03d}_{name}; returns its folder.
 
     Training cases case_0000.. go to imagesTr/labelsTr, then `num_test` more to imagesTs/labelsTs. With
     `oblique`, every odd-numbered case gets a tilted (sometimes mirrored) direction matrix. Bit-for-bit
-    reproducible for a seed, whatever num_processes. `raw_folder` defaults to $nnUNet_raw.
+    reproducible for a seed, whatever num_processes. `raw_folder` defaults to $nnUNet_raw. `lesion_size`: see
+    make_brats_phantom (larger lesions let small phantoms carry enough error voxels for a short training).
     """
     if kind not in DEFAULT_SHAPE:
         raise ValueError(f"unknown phantom kind {kind!r}; expected one of {sorted(DEFAULT_SHAPE)}")
@@ -411,7 +423,8 @@ def write_phantom_dataset(dataset_id: int, name: str, num_subjects: int, kind: s
         images_folder, labels_folder = os.path.join(folder, f"images{part}"), os.path.join(folder, f"labels{part}")
         os.makedirs(images_folder, exist_ok=True)
         os.makedirs(labels_folder, exist_ok=True)
-        jobs += [(kind, i, shape, spacing, int(seed), oblique, images_folder, labels_folder) for i in indices]
+        jobs += [(kind, i, shape, spacing, int(seed), oblique, images_folder, labels_folder, tuple(lesion_size))
+                 for i in indices]
     run_cases(_write_phantom_case, jobs, num_processes)
 
     brats = kind == "brats"
@@ -428,7 +441,7 @@ def write_phantom_dataset(dataset_id: int, name: str, num_subjects: int, kind: s
         converted_by="dataset_conversion.phantoms",
         nsd_tolerance_mm=1.0,
         phantom={"kind": kind, "shape": list(shape), "spacing": list(spacing), "seed": int(seed),
-                 "oblique": bool(oblique)},
+                 "oblique": bool(oblique), **({"lesion_size": list(lesion_size)} if brats else {})},
     )
     return folder
 
@@ -444,13 +457,16 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--num_test", type=int, default=0, help="extra subjects in imagesTs/labelsTs")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--oblique", action="store_true", help="tilted direction matrix for odd cases")
+    parser.add_argument("--lesion_size", type=float, nargs=2, default=DEFAULT_LESION_SIZE,
+                        help="range of the lesion radius as a fraction of the brain radius (brats)")
     parser.add_argument("--overwrite", action="store_true", help="replace an existing dataset folder")
     parser.add_argument("-np", "--num_processes", type=int, default=default_num_processes)
     args = parser.parse_args(argv)
     name = args.name or ("BraTSPhantom" if args.kind == "brats" else "ACDCPhantom")
     folder = write_phantom_dataset(args.dataset_id, name, args.num_subjects, args.kind, args.shape, args.spacing,
                                    args.seed, args.num_test, oblique=args.oblique,
-                                   num_processes=args.num_processes, overwrite=args.overwrite)
+                                   num_processes=args.num_processes, overwrite=args.overwrite,
+                                   lesion_size=args.lesion_size)
     print(f"wrote {folder}")
 
 

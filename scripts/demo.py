@@ -85,9 +85,12 @@ def make_held_out_cases(source_folder: str, out_folder: str, seed: int) -> tuple
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--root", default="nnqc_demo_data", help="demo folder when nnUNet_* are not set")
-    parser.add_argument("--subjects", type=int, default=24, help="training subjects (phantoms)")
+    parser.add_argument("--subjects", type=int, default=40, help="training subjects (phantoms)")
     parser.add_argument("--held_out", type=int, default=8, help="held-out phantom cases")
     parser.add_argument("--shape", type=int, nargs=3, default=(48, 56, 48), help="phantom size (z y x)")
+    parser.add_argument("--lesion_size", type=float, nargs=2, default=(0.35, 0.6),
+                        help="lesion radius range as a fraction of the brain radius: larger than BraTS's so that "
+                             "phantoms this small carry enough error voxels for a short training")
     parser.add_argument("-np", type=int, default=2, help="processes for conversion and preprocessing")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -102,7 +105,7 @@ def main() -> None:
     if not os.path.isfile(os.path.join(source, "dataset.json")):
         source = write_phantom_dataset(SOURCE_ID, SOURCE_NAME, args.subjects, "brats", shape=args.shape,
                                        seed=args.seed, num_test=args.held_out, num_processes=args.np,
-                                       oblique=True, overwrite=True)
+                                       oblique=True, overwrite=True, lesion_size=args.lesion_size)
     print(f"{source} ({time.time() - t:.0f} s)")
 
     t = step("2/6 nnQC_convert: QC training data with DSC/NSD targets")
