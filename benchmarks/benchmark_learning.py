@@ -86,8 +86,8 @@ def main() -> None:
     parser.add_argument("--held_out", type=int, default=10)
     parser.add_argument("--per_case", type=int, default=7, help="candidates per held-out subject")
     parser.add_argument("--shape", type=int, nargs=3, default=(48, 56, 48))
-    parser.add_argument("--lesion_size", type=float, nargs=2, default=(0.18, 0.42),
-                        help="lesion radius range as a fraction of the brain radius")
+    parser.add_argument("--lesion_size", type=float, nargs=2, default=(0.35, 0.6),
+                        help="lesion radius range as a fraction of the brain radius (the demo's)")
     parser.add_argument("--trainers", nargs="+", default=list(TRAINERS))
     parser.add_argument("--keep", default=None, help="work folder to keep (default: a temporary one)")
     args = parser.parse_args()
