@@ -282,6 +282,19 @@ def test_brats_phantom_extent_scales_with_shape():
         assert np.all(fraction >= low - 1 / shape) and np.all(fraction <= high + 1 / shape), fraction
 
 
+def test_brats_phantom_lesion_size_sets_the_lesion_volume():
+    """Same seed, larger lesion_size: a larger whole tumour; the default is BraTS-like (0.18-0.42)."""
+    shape = (48, 56, 48)
+    for seed in range(3):
+        _, default = make_brats_phantom(shape, rng=seed)
+        _, explicit = make_brats_phantom(shape, rng=seed, lesion_size=(0.18, 0.42))
+        _, large = make_brats_phantom(shape, rng=seed, lesion_size=(0.5, 0.6))
+        assert np.array_equal(default, explicit)
+        assert np.count_nonzero(large) > 1.5 * np.count_nonzero(default)
+    with pytest.raises(ValueError, match="lesion_size"):
+        make_brats_phantom(shape, rng=0, lesion_size=(0.6, 0.3))
+
+
 def test_brats_phantom_full_size_crops_like_brats():
     start = time.perf_counter()
     images, seg = make_brats_phantom((155, 240, 240), (1.0, 1.0, 1.0), rng=11)
