@@ -24,7 +24,7 @@ setup(
     ],
     extras_require={
         # independent reference implementations used only by the tests
-        "test": ["pytest", "ruff", "surface-distance==0.1"],
+        "test": ["pytest", "ruff", "surface-distance==0.1", "monai==1.6.1"],
     },
     entry_points={
         "console_scripts": [
