@@ -1,0 +1,1 @@
+"""Calibrated decisions: recalibrated quality, conformal intervals, training-range checks, pass/review/fail."""

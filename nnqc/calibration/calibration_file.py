@@ -1,0 +1,239 @@
+"""calibration.json in the model folder: recalibration maps and conformal residuals from out-of-fold predictions.
+
+Every trained fold's final validation writes fold_X/validation/qc_predictions_all.csv: the fold model's
+predictions on all of the fold's validation samples in their natural distribution, from a model that never saw
+those subjects. Pooled over folds, they are the calibration set (cross-conformal: each residual comes from the
+model that held its subject out, and is taken after a recalibration map fitted without its subject group, so
+that the map's fit to its own samples does not make the residuals look smaller than a new case's). New cases
+are predicted by the ensemble of those models, whose averaged prediction is usually no less accurate than one
+fold's, so the pooled residuals tend to err on the wide side.
+
+The file records the folds and each source file's SHA-256, size and modification time; `load_or_build_calibration`
+rebuilds it when the folds asked for differ (a fold added) or any source file's content (SHA-256) changed (a
+fold retrained or validated again), so a calibration built from other folds or files is never used.
+"""
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
+from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json, subdirs
+
+from nnqc.atomic_files import write_json_atomically
+from nnqc.calibration.conformal import (
+    DEFAULT_ALPHA,
+    MIN_SAMPLES_PER_BIN,
+    Intervals,
+    MondrianBins,
+    MondrianConformal,
+    choose_bins,
+    minimum_calibration_samples,
+)
+from nnqc.calibration.recalibration import IsotonicMap, cross_fitted, identity_map, subject_groups
+
+CALIBRATION_FILE = "calibration.json"
+OUT_OF_FOLD_PREDICTIONS = join("validation", "qc_predictions_all.csv")
+REQUIRED_COLUMNS = ("sample", "subject", "dsc", "nsd", "predicted_dsc", "predicted_nsd")
+METRICS = ("dsc", "nsd")
+FORMAT_VERSION = 1
+HIGH_QUALITY_DSC = 0.85
+_SCORE_DECIMALS = 6
+
+
+class CalibrationError(ValueError):
+    """Calibration data that cannot be used; the message names the file and says why."""
+
+
+def _sha256(path: str) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def calibration_folds(model_folder: str) -> list[int]:
+    """The cross-validation folds (numbers; never fold_all, which has no held-out data) with out-of-fold
+    predictions."""
+    folds = [d[5:] for d in subdirs(model_folder, prefix="fold_", join=False)] if os.path.isdir(model_folder) else []
+    return sorted(int(f) for f in folds if f.isdigit() and isfile(join(model_folder, f"fold_{f}",
+                                                                         OUT_OF_FOLD_PREDICTIONS)))
+
+
+def _source_record(model_folder: str, fold: int) -> dict:
+    path = join(model_folder, f"fold_{fold}", OUT_OF_FOLD_PREDICTIONS)
+    if not isfile(path):
+        raise CalibrationError(f"{path} does not exist: run the final validation of fold {fold} "
+                               f"(nnQC_train ... {fold} --val) or calibrate without it")
+    stat = os.stat(path)
+    return {"file": f"fold_{fold}/{OUT_OF_FOLD_PREDICTIONS}", "sha256": _sha256(path), "size": stat.st_size,
+            "mtime": stat.st_mtime}
+
+
+def read_out_of_fold_predictions(path: str) -> pd.DataFrame:
+    """One fold's qc_predictions_all.csv, checked: the required columns, finite values in [0, 1], not empty."""
+    try:
+        table = pd.read_csv(path)
+    except (OSError, ValueError) as e:  # pandas raises ValueError subclasses on malformed CSV
+        raise CalibrationError(f"{path}: cannot read it as CSV ({type(e).__name__}: {e})") from e
+    missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
+    if missing:
+        raise CalibrationError(f"{path}: missing column(s) {', '.join(missing)}")
+    if table.empty:
+        raise CalibrationError(f"{path}: holds no samples")
+    for column in ("dsc", "nsd", "predicted_dsc", "predicted_nsd"):
+        values = pd.to_numeric(table[column], errors="coerce").to_numpy(dtype=np.float64)
+        bad = ~np.isfinite(values) | (values < 0) | (values > 1)
+        if bad.any():
+            raise CalibrationError(f"{path}: column {column} has {int(bad.sum())} value(s) that are not numbers "
+                                   f"in [0, 1] (first in sample {table['sample'].iloc[int(np.argmax(bad))]})")
+        table[column] = values
+    return table
+
+
+def _rounded_up(scores: np.ndarray) -> list[float]:
+    """Scores rounded up to 1e-6: a smaller file, intervals at most 1e-6 wider, never narrower."""
+    scale = 10 ** _SCORE_DECIMALS
+    return (np.ceil(np.sort(scores) * scale - 1e-6) / scale).tolist()
+
+
+def _mean_error_above(true_dsc: np.ndarray, predicted: np.ndarray, true: np.ndarray) -> float | None:
+    """Mean signed error (predicted - true) over the samples with true DSC > 0.85 (None when there are none)."""
+    high = true_dsc > HIGH_QUALITY_DSC
+    return float(np.mean(predicted[high] - true[high])) if high.any() else None
+
+
+def build_calibration(model_folder: str, folds: Sequence[int] | None = None,
+                      min_samples_per_bin: int = MIN_SAMPLES_PER_BIN) -> dict:
+    """The calibration built from the given folds' out-of-fold predictions (default: every fold that has
+    them), as the dict calibration.json holds; nothing is written."""
+    folds = sorted(int(f) for f in (calibration_folds(model_folder) if folds is None else folds))
+    if not folds:
+        raise CalibrationError(f"no fold_X/{OUT_OF_FOLD_PREDICTIONS} in {model_folder}: train a fold first")
+    sources = [_source_record(model_folder, f) for f in folds]
+    table = pd.concat([read_out_of_fold_predictions(join(model_folder, s["file"])).assign(fold=f)
+                       for f, s in zip(folds, sources)], ignore_index=True)
+    predicted_dsc = table["predicted_dsc"].to_numpy()
+    bins = choose_bins(predicted_dsc, min_samples_per_bin)
+    which = bins.assign(predicted_dsc)
+    true_dsc = table["dsc"].to_numpy()
+    recalibration, bin_entries, summary = {}, [], {}
+    for metric in METRICS:
+        true, raw = table[metric].to_numpy(), table[f"predicted_{metric}"].to_numpy()
+        mapping = IsotonicMap.fit(raw, true)
+        recalibration[metric] = mapping.to_dict()
+        # in-sample: the map was fitted on these very samples, so the recalibrated figures are optimistic
+        summary[metric] = {"mae_raw": float(np.mean(np.abs(raw - true))),
+                           "mae_recalibrated_in_sample": float(np.mean(np.abs(mapping(raw) - true))),
+                           "mean_error_true_dsc_above_0_85_raw": _mean_error_above(true_dsc, raw, true),
+                           "mean_error_true_dsc_above_0_85_recalibrated_in_sample":
+                               _mean_error_above(true_dsc, mapping(raw), true)}
+    groups = subject_groups(table["subject"].astype(str).to_numpy())
+    scores = {}
+    for metric in METRICS:
+        true, raw = table[metric].to_numpy(), table[f"predicted_{metric}"].to_numpy()
+        scores[f"scores_{metric}"] = np.abs(true - cross_fitted(raw, true, groups))
+        scores[f"raw_scores_{metric}"] = np.abs(true - raw)
+    for b, (low, high) in enumerate(bins.ranges()):
+        members = which == b
+        entry = {"predicted_dsc_range": [None if math.isinf(low) else low, None if math.isinf(high) else high],
+                 "num_samples": int(members.sum()), "num_subjects": int(table["subject"][members].nunique())}
+        entry.update({key: _rounded_up(values[members]) for key, values in scores.items()})
+        bin_entries.append(entry)
+    return {
+        "format_version": FORMAT_VERSION,
+        "built_from": {"folds": folds, "sources": sources},
+        "num_samples": len(table), "num_subjects": int(table["subject"].nunique()),
+        "samples_per_fold": {str(f): int((table["fold"] == f).sum()) for f in folds},
+        "recalibration": recalibration,
+        "conformal": {
+            "method": "cross-conformal on absolute residuals of the out-of-fold predictions (scores_*: after "
+                      "recalibration by a map fitted without the sample's subject group, raw_scores_*: without "
+                      "recalibration), Mondrian per bin of the network's predicted DSC",
+            "cross_fit_groups": int(len(np.unique(groups))),
+            "bin_variable": "predicted_dsc",
+            "min_samples_per_bin": int(min_samples_per_bin),
+            "bin_edges": list(bins.edges),
+            "bins": bin_entries,
+        },
+        "out_of_fold_summary": summary,
+    }
+
+
+def _is_current(calibration: dict, model_folder: str, folds: list[int]) -> bool:
+    built = calibration.get("built_from", {})
+    if calibration.get("format_version") != FORMAT_VERSION or built.get("folds") != folds:
+        return False
+    for source in built.get("sources", []):
+        path = join(model_folder, source["file"])
+        if not isfile(path) or _sha256(path) != source["sha256"]:
+            return False
+    return True
+
+
+def load_or_build_calibration(model_folder: str, folds: Sequence[int] | None = None,
+                              min_samples_per_bin: int = MIN_SAMPLES_PER_BIN) -> dict:
+    """calibration.json of the model folder for exactly these folds (default: all with out-of-fold
+    predictions), rebuilt and saved (atomically) when it is missing or was built from other folds or files.
+    A model folder that cannot be written gets the calibration in memory, with "saved": False."""
+    folds = sorted(int(f) for f in (calibration_folds(model_folder) if folds is None else folds))
+    path = join(model_folder, CALIBRATION_FILE)
+    if isfile(path):
+        try:
+            calibration = load_json(path)
+        except ValueError:
+            calibration = None  # unreadable: rebuilt below
+        if calibration is not None and folds and _is_current(calibration, model_folder, folds):
+            return calibration
+    calibration = build_calibration(model_folder, folds, min_samples_per_bin)
+    try:
+        write_json_atomically(path, calibration)
+    except OSError:
+        calibration["saved"] = False
+    return calibration
+
+
+class Calibration:
+    """The decisions' side of calibration.json: recalibrated points and conformal intervals for new cases."""
+
+    def __init__(self, calibration: dict, recalibrate: bool = True):
+        self.data, self.recalibrate = calibration, recalibrate
+        conformal = calibration["conformal"]
+        self.bins = MondrianBins(tuple(conformal["bin_edges"]))
+        self.maps = {m: IsotonicMap.from_dict(calibration["recalibration"][m]) if recalibrate else identity_map()
+                     for m in METRICS}
+        prefix = "scores_" if recalibrate else "raw_scores_"
+        self.conformal = {m: MondrianConformal(self.bins, [b[prefix + m] for b in conformal["bins"]])
+                          for m in METRICS}
+
+    @property
+    def folds(self) -> list[int]:
+        return list(self.data["built_from"]["folds"])
+
+    def point(self, metric: str, predicted: Sequence[float]) -> np.ndarray:
+        """The recalibrated prediction (unchanged with recalibrate=False)."""
+        return np.clip(self.maps[metric](predicted), 0, 1)
+
+    def intervals(self, metric: str, predicted_dsc: Sequence[float], predicted: Sequence[float] | None = None,
+                  alpha: float = DEFAULT_ALPHA) -> Intervals:
+        """Intervals of `metric` ("dsc" or "nsd") at coverage 1 - α for cases with the network's predicted DSC
+        (ensemble mean; it chooses the Mondrian bin) and the network's prediction of the metric (for "dsc" the
+        same values, the default)."""
+        predicted = predicted_dsc if predicted is None else predicted
+        return self.conformal[metric].intervals(predicted_dsc, self.point(metric, predicted), alpha)
+
+    def shortfall(self, alpha: float) -> list[str]:
+        """One line per Mondrian bin with too few calibration samples for a finite interval at 1 - α."""
+        needed = minimum_calibration_samples(alpha)
+        lines = []
+        for entry in self.data["conformal"]["bins"]:
+            if entry["num_samples"] < needed:
+                low, high = entry["predicted_dsc_range"]
+                lines.append(f"predicted DSC {low if low is not None else '-inf'} to "
+                             f"{high if high is not None else 'inf'}: {entry['num_samples']} calibration "
+                             f"samples, coverage {1 - alpha:g} needs {needed}; intervals there are [0, 1]")
+        return lines
