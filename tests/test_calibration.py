@@ -8,6 +8,7 @@ import pytest
 from scipy.stats import binom
 from sklearn.isotonic import IsotonicRegression
 
+from nnqc.calibration.calibrated_quality import CALIBRATED_COLUMNS, calibrated_quality
 from nnqc.calibration.calibration_file import (
     CALIBRATION_FILE,
     OUT_OF_FOLD_PREDICTIONS,
@@ -313,3 +314,32 @@ def test_checks_that_cannot_be_made_are_listed_not_passed():
     assert check.in_range
     assert len(check.not_checked) == 3 and any("labels" in line for line in check.not_checked)
     assert all("labels no voxel" in line for line in check.not_checked if line.startswith("intensity"))
+
+
+def test_calibrated_quality_columns_follow_intervals_and_range_checks(tmp_path):
+    rng = np.random.default_rng(12)
+    model = str(tmp_path / "model")
+    for fold in range(2):
+        write_fold(model, fold, rng)
+    calibration = Calibration(load_or_build_calibration(model))
+    predicted_dsc = np.array([0.05, 0.5, 0.9, 0.97, np.nan, 0.95])
+    predicted_nsd = np.array([0.1, 0.4, 0.8, 0.95, np.nan, 0.9])
+    outside = out_of_training_range(CaseStatistics([1.0, 1.0, 9.0], (8, 8, 8), [None], set()),
+                                    {"configurations": {"3d_fullres": {"patch_size": [8, 8, 8]}}},
+                                    {"spacings": [[1.0, 1.0, 1.0]]}, training_labels=set())
+    checks = [None, None, None, None, None, outside]
+    table = calibrated_quality(calibration, predicted_dsc, predicted_nsd, alpha=0.1, flag_below=0.7,
+                               range_checks=checks)
+    assert list(table.columns) == list(CALIBRATED_COLUMNS) and len(table) == 6
+    expected = calibration.intervals("dsc", predicted_dsc[:4], alpha=0.1)
+    np.testing.assert_allclose(table["dsc_lower"][:4], expected.lower)
+    np.testing.assert_allclose(table["dsc_upper"][:4], expected.upper)
+    nsd = calibration.intervals("nsd", predicted_dsc[:4], predicted_nsd[:4], alpha=0.1)
+    np.testing.assert_allclose(table["nsd_lower"][:4], nsd.lower)
+    for row in table.itertuples():
+        if row.Index < 4:
+            assert row.decision == decide(row.dsc_lower, row.dsc_upper, 0.7)
+    assert table["decision"][0] == FAIL and table["decision"][3] == PASS
+    assert table["decision"][4] == REVIEW and np.isnan(table["dsc_lower"][4])  # no prediction
+    assert table["decision"][5] == REVIEW and table["out_of_training_range"][5].startswith("spacing")
+    assert "intensity" in table["not_checked"][5]

@@ -7,6 +7,7 @@ import pytest
 from matplotlib.image import imread
 from sklearn.metrics import roc_auc_score
 
+from nnqc.evaluation.calibration_evaluation import calibration_evaluation, decisions_against_truth
 from nnqc.evaluation.failure_detection import (
     aurc,
     excess_aurc,
@@ -143,3 +144,23 @@ def test_risk_coverage_png_is_an_image():
     true_dsc = rng.uniform(0, 1, 30)
     image = imread(io.BytesIO(risk_coverage_png(true_dsc, true_dsc + rng.normal(0, 0.1, 30))), format="png")
     assert image.ndim == 3 and image.shape[0] > 200 and image.shape[1] > 300
+
+
+def test_decisions_against_truth_and_the_calibration_evaluation():
+    true_dsc = np.array([0.9, 0.5, 0.8, 0.3, 0.75])
+    decisions = ["pass", "pass", "fail", "fail", "review"]
+    result = decisions_against_truth(decisions, true_dsc, 0.7)
+    assert result["counts"] == {"pass": 2, "review": 1, "fail": 2}
+    assert result["missed_failures"] == 1 and result["false_alarms"] == 1
+    assert result["by_truth"]["review"] == {"true_failure": 0, "true_success": 1}
+    predicted = np.array([0.85, 0.6, 0.7, 0.2, 0.7])
+    calibrated = predicted + 0.05
+    lower, upper = calibrated - 0.1, calibrated + 0.1
+    evaluation = calibration_evaluation(true_dsc, true_dsc, predicted, predicted, calibrated, calibrated, lower,
+                                        upper, lower, upper, decisions, threshold=0.7, alpha=0.1)
+    assert evaluation["failure_detection"]["aurc"] == pytest.approx(aurc(1 - true_dsc, predicted))
+    assert evaluation["intervals"]["dsc"]["coverage"] == pytest.approx(4 / 5)  # 0.5 lies below [0.55, 0.75]
+    assert evaluation["intervals"]["target_coverage"] == pytest.approx(0.9)
+    high = evaluation["mean_error_true_dsc_above_0_85"]["dsc"]
+    assert high["raw"]["mean_error"] == pytest.approx(-0.05) and high["recalibrated"]["mean_error"] == pytest.approx(0)
+    assert evaluation["decisions"]["missed_failures"] == 1
