@@ -8,6 +8,7 @@ from matplotlib.image import imread
 from sklearn.metrics import roc_auc_score
 
 from nnqc.evaluation.calibration_evaluation import calibration_evaluation, decisions_against_truth
+from nnqc.evaluation.calibration_plots import intervals_png, risk_coverage_png
 from nnqc.evaluation.failure_detection import (
     aurc,
     excess_aurc,
@@ -20,7 +21,6 @@ from nnqc.evaluation.failure_detection import (
     random_aurc,
     risk_coverage_curve,
 )
-from nnqc.evaluation.risk_coverage_plot import risk_coverage_png
 
 RISK = np.array([0.1, 0.5, 0.2, 0.9])
 PERFECT_CONFIDENCE = np.array([0.9, 0.4, 0.8, 0.1])  # orders the cases exactly by risk
@@ -164,3 +164,13 @@ def test_decisions_against_truth_and_the_calibration_evaluation():
     high = evaluation["mean_error_true_dsc_above_0_85"]["dsc"]
     assert high["raw"]["mean_error"] == pytest.approx(-0.05) and high["recalibrated"]["mean_error"] == pytest.approx(0)
     assert evaluation["decisions"]["missed_failures"] == 1
+
+
+def test_intervals_png_is_an_image_and_says_when_cases_are_left_out():
+    rng = np.random.default_rng(4)
+    point = rng.uniform(0, 1, 80)
+    decisions = ["pass" if p > 0.8 else "fail" if p < 0.5 else "review" for p in point]
+    png = intervals_png([f"case{i}" for i in range(80)], point, np.clip(point - 0.1, 0, 1),
+                        np.clip(point + 0.1, 0, 1), decisions, 0.7, true=point, max_cases=20)
+    image = imread(io.BytesIO(png), format="png")
+    assert image.ndim == 3 and image.shape[0] > 300
