@@ -36,7 +36,7 @@ from nnqc.calibration.conformal import (
 from nnqc.calibration.recalibration import IsotonicMap, cross_fitted, identity_map, subject_groups
 
 CALIBRATION_FILE = "calibration.json"
-OUT_OF_FOLD_PREDICTIONS = join("validation", "qc_predictions_all.csv")
+OUT_OF_FOLD_PREDICTIONS = "validation/qc_predictions_all.csv"
 REQUIRED_COLUMNS = ("sample", "subject", "dsc", "nsd", "predicted_dsc", "predicted_nsd")
 METRICS = ("dsc", "nsd")
 FORMAT_VERSION = 1
@@ -98,7 +98,7 @@ def read_out_of_fold_predictions(path: str) -> pd.DataFrame:
 def _rounded_up(scores: np.ndarray) -> list[float]:
     """Scores rounded up to 1e-6: a smaller file, intervals at most 1e-6 wider, never narrower."""
     scale = 10 ** _SCORE_DECIMALS
-    return (np.ceil(np.sort(scores) * scale - 1e-6) / scale).tolist()
+    return (np.ceil(np.sort(scores) * scale) / scale).tolist()
 
 
 def _mean_error_above(true_dsc: np.ndarray, predicted: np.ndarray, true: np.ndarray) -> float | None:
