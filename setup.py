@@ -33,6 +33,7 @@ setup(
             "nnQC_train = nnqc.run.train:train_entry",
             "nnQC_predict = nnqc.run.predict:predict_entry",
             "nnQC_evaluate = nnqc.run.evaluate:evaluate_entry",
+            "nnQC_make_candidates = nnqc.run.make_candidates:make_candidates_entry",
         ],
     },
 )
