@@ -33,8 +33,8 @@ setup(
             "nnQC_train = nnqc.run.train:train_entry",
             "nnQC_predict = nnqc.run.predict:predict_entry",
             "nnQC_evaluate = nnqc.run.evaluate:evaluate_entry",
-            "nnQC_export_model_to_zip = nnqc.run.model_sharing:export_model_to_zip_entry",
-            "nnQC_install_pretrained_model_from_zip = nnqc.run.model_sharing:install_model_from_zip_entry",
+            "nnQC_export_model_to_zip = nnqc.run.export_model:export_model_to_zip_entry",
+            "nnQC_install_pretrained_model_from_zip = nnqc.run.install_model:install_model_from_zip_entry",
         ],
     },
 )

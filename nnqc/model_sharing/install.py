@@ -39,10 +39,6 @@ class ModelArchive:
     metadata: dict
     members: dict[str, zipfile.ZipInfo]  # path relative to the model folder -> member
 
-    @property
-    def relative_folder(self) -> str:
-        return f"{self.dataset}/{self.model}"
-
 
 def _member_problem(info: zipfile.ZipInfo) -> str | None:
     name = info.filename
