@@ -17,6 +17,7 @@ import zipfile
 from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, subfiles
 
 from nnqc.atomic_files import replace_atomically
+from nnqc.experiment_planning.plan_and_preprocess import DEFAULT_PLANS_NAME as PLANS_IDENTIFIER
 from nnqc.model_sharing.model_metadata import (
     CALIBRATION_FILE,
     DEFAULT_CHECKPOINT,
@@ -28,7 +29,6 @@ from nnqc.model_sharing.model_metadata import (
     sha256_of,
     trained_model_folder,
 )
-from nnqc.run.train import PLANS_IDENTIFIER
 
 TRAINING_LOG_FILES = ("progress.png", "debug.json")
 
