@@ -137,6 +137,12 @@ def test_install_extracts_checked_files_and_refuses_to_overwrite(fake_model, tmp
 
     with pytest.raises(FileExistsError, match="--overwrite"):
         install_model_from_zip(archive, results)
+    before = {name: sha256(join(installed, name)) for name in listing(installed) if "." in name}
+    # a corrupt replacement leaves the installed model as it was
+    rewrite(archive, str(tmp_path / "altered.zip"), replace={PREFIX + "fold_1/checkpoint_final.pth": b"tampered"})
+    with pytest.raises(ModelArchiveError, match="SHA-256"):
+        install_model_from_zip(str(tmp_path / "altered.zip"), results, overwrite=True)
+    assert {name: sha256(join(installed, name)) for name in listing(installed) if "." in name} == before
     write(join(fake_model, "fold_0", "checkpoint_final.pth"), b"retrained")
     export_model_folder_to_zip(fake_model, archive)
     install_model_from_zip(archive, results, overwrite=True)
