@@ -34,6 +34,8 @@ setup(
             "nnQC_predict = nnqc.run.predict:predict_entry",
             "nnQC_evaluate = nnqc.run.evaluate:evaluate_entry",
             "nnQC_make_candidates = nnqc.run.make_candidates:make_candidates_entry",
+            "nnQC_export_model_to_zip = nnqc.run.export_model:export_model_to_zip_entry",
+            "nnQC_install_pretrained_model_from_zip = nnqc.run.install_model:install_model_from_zip_entry",
         ],
     },
 )

@@ -24,6 +24,7 @@ from nnunetv2.utilities.helpers import dummy_context
 from tqdm import tqdm
 
 from nnqc.atomic_files import replace_atomically, write_text_atomically
+from nnqc.inference.input_folder import check_input_folders
 from nnqc.metrics.regions import allowed_labels, get_regions, nsd_tolerance_mm
 from nnqc.metrics.sem import decode_sem_bits, encode_sem_bits
 from nnqc.preprocessing.preprocessor import QCDatasetError, geometry_mismatch, nnQCPlansManager, nnQCPreprocessor
@@ -253,6 +254,7 @@ class nnQCPredictor:
         With num_processes_preprocessing > 0, cases are read and preprocessed ahead in worker processes while
         the network runs; num_threads_export > 1 restores and writes maps in background threads.
         """
+        check_input_folders(images_folder, segmentations_folder, self.dataset_json)
         for folder in (images_folder, segmentations_folder):
             if not isdir(folder):
                 raise FileNotFoundError(f"input folder {folder} does not exist")

@@ -7,17 +7,11 @@ import sys
 
 import torch
 from batchgenerators.utilities.file_and_folder_operations import join
-from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
 from nnqc.inference.predictor import DEFAULT_FLAG_BELOW, nnQCPredictor
-from nnqc.paths import require
+from nnqc.model_sharing.model_metadata import describe_model, load_model_metadata
+from nnqc.model_sharing.model_metadata import trained_model_folder as model_folder
 from nnqc.run.train import PLANS_IDENTIFIER
-
-
-def model_folder(dataset_name_or_id: str | int, trainer: str, plans: str, configuration: str) -> str:
-    """nnUNet_results/DatasetXXX/TRAINER__PLANS__CONFIGURATION, as nnU-Net names it."""
-    return join(require("nnUNet_results"), maybe_convert_to_dataset_name(dataset_name_or_id),
-                f"{trainer}__{plans}__{configuration}")
 
 
 def print_table(table) -> None:
@@ -35,11 +29,14 @@ def predict_entry() -> None:
     parser.add_argument("-i", required=True, help="images folder: CASE_0000.ext, CASE_0001.ext, ...")
     parser.add_argument("-s", required=True, help="segmentations folder: CASE.ext for every case to assess")
     parser.add_argument("-o", required=True, help="output folder (not an input folder)")
-    parser.add_argument("-d", required=True, help="dataset name or id the QC model was trained on")
-    parser.add_argument("-c", default="3d_fullres", help="configuration (default 3d_fullres)")
+    model = parser.add_mutually_exclusive_group(required=True)
+    model.add_argument("-d", help="dataset name or id the QC model was trained on (with -c, -tr, -p)")
+    model.add_argument("-m", help="model folder (TRAINER__PLANS__CONFIGURATION with fold_X/), e.g. an installed one, "
+                                  "instead of -d/-c/-tr/-p")
+    parser.add_argument("-c", default=None, help="configuration (default 3d_fullres)")
     parser.add_argument("-f", nargs="+", default=None, help="folds to ensemble (default: every trained fold)")
-    parser.add_argument("-tr", default="nnQCTrainer", help="trainer (default nnQCTrainer)")
-    parser.add_argument("-p", default=PLANS_IDENTIFIER, help=f"plans identifier (default {PLANS_IDENTIFIER})")
+    parser.add_argument("-tr", default=None, help="trainer (default nnQCTrainer)")
+    parser.add_argument("-p", default=None, help=f"plans identifier (default {PLANS_IDENTIFIER})")
     parser.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint name (default checkpoint_final.pth)")
     parser.add_argument("-device", default="cuda", choices=("cuda", "cpu", "mps"), help="device (default cuda)")
     parser.add_argument("--no_maps", action="store_true", help="do not write the error maps")
@@ -55,6 +52,8 @@ def predict_entry() -> None:
     parser.add_argument("--continue_prediction", action="store_true", help="skip cases already predicted")
     parser.add_argument("--report", action="store_true", help="write the HTML report qc_report.html")
     args = parser.parse_args()
+    if args.m is not None and (args.c, args.tr, args.p) != (None, None, None):
+        parser.error("-m names the model folder itself; -c, -tr and -p go with -d only")
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("CUDA is not available here; use -device cpu")
@@ -65,8 +64,12 @@ def predict_entry() -> None:
     nps = (1 if on_cpu else 2) if args.nps is None else args.nps
     predictor = nnQCPredictor(device)
     try:
-        predictor.initialize_from_trained_model_folder(model_folder(args.d, args.tr, args.p, args.c), args.f,
-                                                       args.chk)
+        folder = args.m if args.m is not None else model_folder(
+            args.d, args.tr or "nnQCTrainer", args.p or PLANS_IDENTIFIER, args.c or "3d_fullres")
+        predictor.initialize_from_trained_model_folder(folder, args.f, args.chk)
+        metadata = load_model_metadata(folder, predictor.folds, args.chk)
+        metadata.update(trainer=predictor.trainer_name, configuration=predictor.configuration_name)
+        print(describe_model(metadata), flush=True)
         table = predictor.predict_from_files(args.i, args.s, args.o, not args.no_maps, args.flag_below,
                                              args.num_parts, args.part_id, args.continue_prediction, npp, nps)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
