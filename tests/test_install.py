@@ -17,7 +17,7 @@ import zipfile
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 EXPECTED_SCRIPTS = {"nnQC_convert", "nnQC_plan_and_preprocess", "nnQC_train", "nnQC_predict", "nnQC_evaluate",
-                    "nnQC_export_model_to_zip", "nnQC_install_pretrained_model_from_zip"}
+                    "nnQC_make_candidates", "nnQC_export_model_to_zip", "nnQC_install_pretrained_model_from_zip"}
 _NOT_SOURCE = {".venv", ".git", "build", "dist", "nnqc_demo_data", ".pytest_cache", ".ruff_cache"}
 
 
