@@ -12,13 +12,12 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from nnunetv2.preprocessing.cropping.cropping import crop_to_nonzero
 from surface_distance import compute_surface_dice_at_tolerance, compute_surface_distances
 
 from dataset_conversion.phantoms import write_phantom_dataset
 from nnqc.metrics import allowed_labels, get_regions, quality_targets
-from nnunetv2.preprocessing.cropping.cropping import crop_to_nonzero
-
-from nnqc.qc_data.conversion import OutsideViewWarning, convert_dataset
+from nnqc.qc_data.conversion import convert_dataset
 from nnqc.qc_data.dataset_io import ConversionError
 from nnqc.qc_data.external import ExternalSource
 from nnqc.qc_data.generators import GENERATOR_FAMILIES, generate_candidate
