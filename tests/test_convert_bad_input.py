@@ -337,3 +337,20 @@ def test_target_folder_equal_to_inside_around_or_linked_to_an_input(source, tmp_
     assert _tree_hash(outer) == outer_hash
 
     assert {k: _tree_hash(v) for k, v in inputs.items()} == before
+
+
+def test_a_failing_sample_names_sample_subject_and_files(source, tmp_path, monkeypatch, capsys):
+    """Images that are zero everywhere pass the file checks but leave nnU-Net nothing to crop to: the sample
+    that needs their view fails in one line naming it, its subject and the images."""
+    dataset, candidates = _copies(source, tmp_path)
+    for c in range(4):
+        array, image = _read(_image(dataset, c))
+        _write(np.zeros_like(array), image, _image(dataset, c))
+    before = {"source": _tree_hash(dataset), "externals": _tree_hash(candidates)}
+    code, err = _run(monkeypatch, capsys, "-s", dataset, "-d", 134, "--candidates", candidates, "--seggen", 1,
+                     "--no_degradations", "-np", 1)
+    assert code == 1
+    line = next(line for line in err.splitlines() if "error" in line)
+    assert f"Sample {BROKEN}__candidates__000 (subject {BROKEN})" in line and _image(dataset, 0) in line
+    assert "zero everywhere" in line and "Traceback" not in err
+    assert {"source": _tree_hash(dataset), "externals": _tree_hash(candidates)} == before
