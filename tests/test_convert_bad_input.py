@@ -13,6 +13,7 @@ import SimpleITK as sitk
 from nnunetv2.preprocessing.cropping.cropping import crop_to_nonzero
 
 from dataset_conversion.phantoms import write_phantom_dataset
+from nnqc.qc_data.dataset_io import readable_message
 from nnqc.qc_data.targets_table import TARGETS_CSV, target_rows
 from nnqc.run.convert import convert_entry
 
@@ -354,3 +355,14 @@ def test_a_failing_sample_names_sample_subject_and_files(source, tmp_path, monke
     assert f"Sample {BROKEN}__candidates__000 (subject {BROKEN})" in line and _image(dataset, 0) in line
     assert "zero everywhere" in line and "Traceback" not in err
     assert {"source": _tree_hash(dataset), "externals": _tree_hash(candidates)} == before
+
+
+def test_simpleitk_messages_lose_their_cpp_source_location(tmp_path):
+    path = str(tmp_path / "garbage.nrrd")
+    with open(path, "wb") as f:
+        f.write(b"not an image")
+    with pytest.raises(RuntimeError) as error:
+        sitk.ReadImage(path)
+    assert ".cxx" in str(error.value)  # what SimpleITK says ...
+    message = readable_message(error.value)
+    assert ".cxx" not in message and "\n" not in message and path in message  # ... and what nnQC shows

@@ -16,7 +16,7 @@ TARGETS_CSV = "qc_targets.csv"
 BASE_COLUMNS = ("sample", "subject", "source", "generator", "seed", "dsc", "nsd")
 # fraction of the candidate's / the reference's foreground outside the network's view (nnqc.qc_data.view)
 VIEW_COLUMNS = ("candidate_outside_view", "reference_outside_view")
-REQUIRED_COLUMNS = ("sample", "subject", "source", "dsc", "nsd")
+REQUIRED_COLUMNS = ("sample", "subject", "source", "generator", "seed", "dsc", "nsd")
 ID_COLUMNS = ("sample", "subject", "source", "generator")
 
 
