@@ -165,6 +165,8 @@ CASES = {
     "4D reference": ("source", lambda d: four_d(_reference(d)), "is a 4D image"),
     "2D reference": ("source", lambda d: two_d(_reference(d)), "is a 2D image"),
     "4D candidate": ("externals", lambda d: four_d(_candidate(d)), "is a 4D image"),
+    "4D image": ("source", lambda d: four_d(_image(d)), "is a 4D image"),
+    "2D image": ("source", lambda d: two_d(_image(d)), "is a 2D image"),
     "2D candidate": ("externals", lambda d: two_d(_candidate(d)), "is a 2D image"),
     "reference label outside dataset.json": ("source", lambda d: foreign_label(_reference(d)), "labels [7]"),
     "candidate label outside dataset.json": ("externals", lambda d: foreign_label(_candidate(d)), "labels [7]"),
