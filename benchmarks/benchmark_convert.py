@@ -57,17 +57,11 @@ def _folder_bytes(folder: str) -> int:
 def brats_throughput(work: str, num_subjects: int, per_family: int) -> dict:
     from dataset_conversion.phantoms import write_phantom_dataset
     from nnqc.metrics import allowed_labels, get_regions, nsd_tolerance_mm
-    from nnqc.qc_data.conversion import (
-        CANDIDATE_FILE_ENDING,
-        CANDIDATES_FOLDER,
-        WorkerContext,
-        degradation_families,
-        init_worker,
-        plan_samples,
-        process_sample,
-        start_or_resume,
-    )
     from nnqc.qc_data.dataset_io import open_source_dataset
+    from nnqc.qc_data.layout import CANDIDATE_FILE_ENDING, CANDIDATES_FOLDER
+    from nnqc.qc_data.progress import start_or_resume
+    from nnqc.qc_data.sample_making import WorkerContext, init_worker, process_sample
+    from nnqc.qc_data.sample_plan import degradation_families, plan_samples
 
     t0 = time.perf_counter()
     source = write_phantom_dataset(801, "BenchBraTS", num_subjects, "brats", (155, 240, 240), (1.0, 1.0, 1.0),

@@ -1,9 +1,11 @@
 """Writing files so that they exist whole or not at all.
 
-Every writer here writes to a hidden temporary sibling of the destination and then renames it over the
-destination with os.replace (atomic within one folder), so a killed or failing run never leaves a
-half-written file under a final name, and readers that skip hidden files never see a partial one.
+Every writer here writes to a hidden temporary sibling of the destination, flushes it to disk (fsync) and then
+renames it over the destination with os.replace (atomic within one folder), then syncs the folder where the OS
+allows it; so neither a killed run nor a power cut leaves a half-written file under a final name, and readers
+that skip hidden files never see a partial one.
 """
+import filecmp
 import json
 import os
 import re
@@ -30,12 +32,34 @@ def is_temporary_name(name: str) -> bool:
     return _TEMPORARY_NAME.fullmatch(name) is not None
 
 
+def _fsync_file(path: str) -> None:
+    with open(path, "rb") as f:
+        os.fsync(f.fileno())
+
+
+def _fsync_folder(folder: str) -> None:
+    """Make a rename in `folder` durable; skipped where folders cannot be opened (Windows)."""
+    try:
+        descriptor = os.open(folder or ".", os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
 def replace_atomically(path: str, write: Callable[[str], None]) -> None:
-    """Call write(temporary path), then move the result to `path`; the temporary never outlives the call."""
+    """Call write(temporary path), fsync the result and move it to `path`; the temporary never outlives the
+    call. Without the fsync a crash shortly after the rename can leave `path` empty on journaling filesystems."""
     temporary = temporary_path_for(path)
     try:
         write(temporary)
+        _fsync_file(temporary)
         os.replace(temporary, path)
+        _fsync_folder(os.path.dirname(path))
     finally:
         # also after success: renaming a hard link onto another link of the same file leaves both names
         if os.path.lexists(temporary):
@@ -81,6 +105,17 @@ def link_or_copy(source: str, destination: str) -> None:
         except OSError:
             shutil.copyfile(source, temporary)
     replace_atomically(destination, write)
+
+
+def is_complete_copy(source: str, destination: str) -> bool:
+    """True when `destination` is a finished link or copy of `source`: the same file (inode), or the same bytes.
+    Sizes alone are not enough: a re-converted uncompressed image keeps its size."""
+    if not os.path.isfile(destination):
+        return False
+    if os.path.samefile(source, destination):
+        return True
+    return os.path.getsize(source) == os.path.getsize(destination) and filecmp.cmp(source, destination,
+                                                                                    shallow=False)
 
 
 def save_npz_atomically(path: str, **arrays: np.ndarray) -> None:

@@ -83,6 +83,8 @@ def _check_nifti(path: str, check_nan: bool) -> None:
     try:
         image = nib.load(path)
     except Exception as e:  # nibabel raises several types on files that are not NIfTI
+        if path.endswith(".gz"):
+            _decompressed_length(path)  # a cut compressed stream (even inside the header) is named as such
         raise InputFileError(f"{path} cannot be read as NIfTI: {_first_line(e)}") from None
     header = image.header
     shape = tuple(int(n) for n in header.get_data_shape())

@@ -1,12 +1,16 @@
-"""nnU-Net's three folders, read from the same environment variables nnU-Net reads.
+"""nnU-Net's three folders, through nnunetv2's own path handling (nnunetv2.paths).
 
-Read at call time (not import time) so that tests and the demo can point them elsewhere.
+nnunetv2 reads the environment variables at call time, as nnQC needs (tests and the demo point them elsewhere);
+nnQC adds that an empty value counts as unset and a message that names all three folders.
 """
-import os
+from nnunetv2 import paths as nnunet_paths
+
+_FOLDERS = {"nnUNet_raw": nnunet_paths.nnUNet_raw, "nnUNet_preprocessed": nnunet_paths.nnUNet_preprocessed,
+            "nnUNet_results": nnunet_paths.nnUNet_results}
 
 
 def _folder(name: str) -> str | None:
-    value = os.environ.get(name)
+    value = _FOLDERS[name].get()
     return value if value else None
 
 

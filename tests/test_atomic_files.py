@@ -10,6 +10,7 @@ from batchgenerators.utilities.file_and_folder_operations import save_json
 
 from nnqc.atomic_files import (
     copy_atomically,
+    is_complete_copy,
     is_temporary_name,
     link_or_copy,
     replace_atomically,
@@ -103,3 +104,44 @@ def test_copy_and_link_are_byte_exact_and_repeatable(tmp_path):
     write_bytes_atomically(str(out / "link.bin"), b"new")
     assert (out / "link.bin").read_bytes() == b"new"
     assert source.read_bytes() == bytes(range(256)) * 10
+
+
+def test_file_is_synced_before_the_rename_and_the_folder_after(tmp_path, monkeypatch):
+    events = []
+    real_fsync, real_replace = os.fsync, os.replace
+
+    def fsync(descriptor):
+        target = os.readlink(f"/proc/self/fd/{descriptor}") if os.path.exists("/proc/self/fd") else str(descriptor)
+        events.append(("fsync", os.path.basename(target)))
+        real_fsync(descriptor)
+
+    def replace(source, destination):
+        events.append(("replace", os.path.basename(destination)))
+        real_replace(source, destination)
+
+    monkeypatch.setattr(os, "fsync", fsync)
+    monkeypatch.setattr(os, "replace", replace)
+    path = tmp_path / "out.txt"
+    write_text_atomically(str(path), "content")
+    assert path.read_text() == "content"
+    temporary = os.path.basename(temporary_path_for(str(path)))
+    assert events[0] == ("fsync", temporary)  # the data is on disk before the new name points at it
+    assert events[1] == ("replace", "out.txt")
+    if os.path.exists("/proc/self/fd"):
+        assert events[2] == ("fsync", os.path.basename(tmp_path))  # and the rename itself is made durable
+
+
+def test_complete_copy_compares_content_or_inode_not_size(tmp_path):
+    source = tmp_path / "image.nii"
+    source.write_bytes(b"A" * 1000)
+    copy = tmp_path / "copy.nii"
+    assert not is_complete_copy(str(source), str(copy))
+    copy_atomically(str(source), str(copy))
+    assert is_complete_copy(str(source), str(copy))
+    # a re-converted uncompressed image keeps its size but not its content: the old copy is stale
+    source.write_bytes(b"B" * 1000)
+    assert os.path.getsize(source) == os.path.getsize(copy)
+    assert not is_complete_copy(str(source), str(copy))
+    link = tmp_path / "link.nii"
+    link_or_copy(str(source), str(link))
+    assert is_complete_copy(str(source), str(link))

@@ -12,28 +12,25 @@ from types import SimpleNamespace
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from nnunetv2.preprocessing.cropping.cropping import crop_to_nonzero
 from surface_distance import compute_surface_dice_at_tolerance, compute_surface_distances
 
 from dataset_conversion.phantoms import write_phantom_dataset
 from nnqc.metrics import allowed_labels, get_regions, quality_targets
-from nnqc.qc_data.conversion import (
-    CANDIDATES_FOLDER,
-    PROGRESS_FOLDER,
-    TARGETS_CSV,
-    convert_dataset,
-    derive_seed,
-    plan_samples,
-    progress_file,
-    read_qc_targets_csv,
-    target_columns,
-    verify_qc_dataset,
-)
+from nnqc.qc_data.conversion import convert_dataset
 from nnqc.qc_data.dataset_io import ConversionError
 from nnqc.qc_data.external import ExternalSource
 from nnqc.qc_data.generators import GENERATOR_FAMILIES, generate_candidate
+from nnqc.qc_data.layout import CANDIDATES_FOLDER, PROGRESS_FOLDER
+from nnqc.qc_data.progress import progress_file
+from nnqc.qc_data.sample_plan import derive_seed, plan_samples
+from nnqc.qc_data.targets_table import TARGETS_CSV, target_columns, target_rows
+from nnqc.qc_data.verification import verify_qc_dataset
+from nnqc.qc_data.view import read_subject_view
 from nnqc.run.convert import convert_entry
 
-pytestmark = pytest.mark.filterwarnings("ignore:Candidate folder")
+pytestmark = [pytest.mark.filterwarnings("ignore:Candidate folder"),
+              pytest.mark.filterwarnings("ignore::nnqc.qc_data.conversion.OutsideViewWarning")]
 
 REPO_ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SOURCE_ID = 90
@@ -137,9 +134,10 @@ def test_layout_csv_and_targets(env):
     assert env.reference.complete and os.path.basename(folder) == "Dataset101_PhantomQC"
     names, regions = get_regions(env.dataset_json)
     assert names == ["whole_tumor", "tumor_core", "enhancing_tumor"]
-    columns, rows = read_qc_targets_csv(os.path.join(folder, TARGETS_CSV))
+    columns, rows = target_rows(os.path.join(folder, TARGETS_CSV))
     assert columns == ["sample", "subject", "source", "generator", "seed", "dsc", "nsd",
-                       *[f"dsc_{n}" for n in names], *[f"nsd_{n}" for n in names]]
+                       *[f"dsc_{n}" for n in names], *[f"nsd_{n}" for n in names],
+                       "candidate_outside_view", "reference_outside_view"]
     samples = [r["sample"] for r in rows]
     assert samples == sorted(samples) and len(set(samples)) == len(samples)
     per_subject = 1 + 1 + OPTIONS["num_seggen"] + OPTIONS["num_degradations"]
@@ -174,8 +172,15 @@ def test_layout_csv_and_targets(env):
     assert min(counts.values()) >= 1 and max(counts.values()) - min(counts.values()) <= 1
 
     labels = allowed_labels(env.dataset_json)
-    dscs = []
+    channels = len(env.dataset_json["channel_names"])
+    dscs, boxes = [], {}
     for r in rows:
+        image_files = [os.path.join(folder, "imagesTr", f"{r['subject']}_{c:04d}.nii.gz") for c in range(channels)]
+        if r["subject"] not in boxes:
+            # the network's view, independently: nnU-Net's own crop of the stacked channels
+            _, _, bbox = crop_to_nonzero(np.stack([_read(f)[0] for f in image_files]).astype(np.float32))
+            boxes[r["subject"]] = tuple(slice(lo, hi) for lo, hi in bbox)
+        box = boxes[r["subject"]]
         reference, ref_image = _read(os.path.join(folder, "labelsTr", r["subject"] + ".nii.gz"))
         candidate, cand_image = _read(os.path.join(folder, CANDIDATES_FOLDER, r["sample"] + ".nii.gz"))
         assert candidate.dtype == np.uint8 and set(np.unique(candidate)) <= set(labels)
@@ -198,7 +203,13 @@ def test_layout_csv_and_targets(env):
         if wt_ref.any() and wt_cand.any():
             nsd = compute_surface_dice_at_tolerance(compute_surface_distances(wt_ref, wt_cand, spacing), 1.0)
             assert r[f"nsd_{names[0]}"] == pytest.approx(nsd, abs=1e-6)
-        # each sample regenerates alone from its generator and seed; externals are stored unchanged
+        # the share of foreground outside the view, recorded for candidate and reference
+        for column, label_map in (("candidate_outside_view", candidate), ("reference_outside_view", reference)):
+            total = np.count_nonzero(label_map)
+            expected = (total - np.count_nonzero(label_map[box])) / total if total else 0.0
+            assert r[column] == pytest.approx(expected, abs=1e-12)
+        # each sample regenerates alone from its generator, seed and the subject's images; externals are stored
+        # unchanged; generated foreground stays inside the view
         if r["generator"] == "external":
             assert r["seed"] == -1
             k = SUBJECTS.index(r["subject"])
@@ -206,8 +217,10 @@ def test_layout_csv_and_targets(env):
             assert np.array_equal(candidate, expected)
         else:
             assert r["seed"] == derive_seed(OPTIONS["seed"], r["sample"])
-            again = generate_candidate(r["generator"], reference, r["seed"], spacing, labels, regions)
+            again = generate_candidate(r["generator"], reference, r["seed"], spacing, labels, regions,
+                                       read_subject_view(image_files))
             assert np.array_equal(again, candidate)
+            assert r["candidate_outside_view"] == 0.0
         dscs.append(r["dsc"])
     assert max(dscs) - min(dscs) > 0.5  # a spread of qualities, not one value
 
@@ -299,7 +312,7 @@ def test_external_tags_and_missing_subject_warning(env):
         result = convert_dataset(env.source, 105, "Tagged", candidate_folders=env.externals,
                                  candidate_tags=["ep 10", "nnformer"], num_seggen=0, num_degradations=0,
                                  num_processes=1, verbose=False)
-    columns, rows = read_qc_targets_csv(os.path.join(result.folder, TARGETS_CSV))
+    columns, rows = target_rows(os.path.join(result.folder, TARGETS_CSV))
     assert os.path.basename(result.folder) == "Dataset105_Tagged"
     assert [r["sample"] for r in rows] == ["case_0000__ep-10__000", "case_0000__nnformer__000",
                                            "case_0001__ep-10__000", "case_0001__nnformer__000",

@@ -13,6 +13,7 @@ from nnqc.qc_data.seggen import (
     foreground_bbox,
     seggen,
 )
+from nnqc.qc_data.view import fraction_outside, view_of_images
 from nnqc.sampling import N_BINS, dsc_bins
 
 LABELS = (0, 1, 2, 3)
@@ -226,3 +227,38 @@ def test_foreground_bbox():
     label_map[1, 2, 3] = 1
     label_map[3, 4, 2] = 2
     assert foreground_bbox(label_map) == [[1, 4], [2, 5], [2, 4]]
+
+
+def _skull_stripped_view(reference: np.ndarray, margin: int = 3):
+    """A view whose non-zero region is a brain-like ellipsoid around the reference, its box well inside the
+    image, computed by nnU-Net's functions from an image that is zero outside it."""
+    shape = np.array(reference.shape)
+    grid = np.meshgrid(*[np.arange(n) - (n - 1) / 2 for n in shape], indexing='ij', sparse=True)
+    brain = sum((g / a) ** 2 for g, a in zip(grid, (18., 26., 19.))) <= 1
+    brain |= reference != 0
+    image = np.where(brain, 100., 0.).astype(np.float32)
+    image[tuple(n // 2 for n in shape)] = 0.  # a hole: nnU-Net fills it, so it is inside the region
+    return view_of_images(image[None])
+
+
+@pytest.mark.parametrize("family", GENERATOR_FAMILIES)
+def test_with_a_view_candidates_stay_inside_it_and_stay_deterministic(reference, family):
+    view = _skull_stripped_view(reference)
+    assert view.nonzero[tuple(n // 2 for n in reference.shape)]
+    assert all(lo > 0 and hi < n for (lo, hi), n in zip(view.box, reference.shape))
+    for seed in range(8):
+        candidate = generate_candidate(family, reference, seed, ISOTROPIC, LABELS, REGIONS, view)
+        assert fraction_outside(candidate, view) == 0.0, (family, seed)
+        assert np.array_equal(candidate, generate_candidate(family, reference, seed, ISOTROPIC, LABELS, REGIONS,
+                                                            view))
+        if family == "false_positive_blobs":
+            added = (candidate != 0) & (reference == 0)
+            assert not (added & ~view.nonzero).any(), seed  # every false positive lies in the non-zero region
+
+
+def test_blobs_without_a_view_can_land_outside_the_subject(reference):
+    """The reason for the view: unconstrained blobs put foreground where the network never looks."""
+    view = _skull_stripped_view(reference)
+    outside = [fraction_outside(generate_candidate("false_positive_blobs", reference, seed, ISOTROPIC, LABELS,
+                                                   REGIONS), view) for seed in range(12)]
+    assert max(outside) > 0.05

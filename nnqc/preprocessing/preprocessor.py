@@ -6,13 +6,11 @@ driven by subjects: a subject is read, normalized and resampled once, and each o
 only read, cropped with the subject's bounding box and resampled as a segmentation. Outputs are written
 atomically and reruns skip what is already up to date.
 """
-import multiprocessing
 import os
 import shutil
 import tempfile
 from collections.abc import Sequence
 from functools import partial
-from time import sleep
 from typing import Callable
 
 import blosc2
@@ -40,11 +38,12 @@ from tqdm import tqdm
 from nnqc import paths
 from nnqc.atomic_files import copy_atomically, is_temporary_name, save_npz_atomically, write_json_atomically
 from nnqc.metrics.regions import allowed_labels
+from nnqc.process_pool import map_unordered
+from nnqc.qc_data.targets_table import read_targets
 
 CANDIDATES_FOLDER = "candidatesTr"
 CANDIDATE_FILE_ENDING = ".nii.gz"
 QC_TARGETS_FILE = "qc_targets.csv"
-QC_TARGETS_REQUIRED_COLUMNS = ("sample", "subject", "source", "generator", "seed", "dsc", "nsd")
 PREPROCESSED_CANDIDATES_FOLDER = "candidates"
 SUBJECT_OUTPUT_SUFFIXES = (".b2nd", "_seg.b2nd", ".pkl")  # the .pkl goes last: it marks a complete subject
 TEMPORARY_FOLDER_PREFIX = ".tmp_"  # scratch folders in which a subject's outputs are written together
@@ -152,20 +151,11 @@ def qc_raw_folder(dataset_name: str) -> str:
 
 
 def read_qc_targets(raw_folder: str) -> pd.DataFrame:
-    """qc_targets.csv with its identifier columns as strings, checked for the documented columns."""
-    csv_file = join(raw_folder, QC_TARGETS_FILE)
+    """qc_targets.csv through the one reader (nnqc.qc_data.targets_table), errors as QCDatasetError."""
     try:
-        targets = pd.read_csv(csv_file, dtype={"sample": str, "subject": str, "source": str, "generator": str},
-                              keep_default_na=False)
-    except Exception as e:
-        raise QCDatasetError(f"Cannot read {csv_file}: {e}") from e
-    missing = [c for c in QC_TARGETS_REQUIRED_COLUMNS if c not in targets.columns]
-    if missing:
-        raise QCDatasetError(f"{csv_file} lacks the columns {missing}")
-    duplicated = targets["sample"][targets["sample"].duplicated()].tolist()
-    if duplicated:
-        raise QCDatasetError(f"{csv_file} lists samples more than once: {duplicated[:5]}")
-    return targets
+        return read_targets(join(raw_folder, QC_TARGETS_FILE))
+    except (OSError, ValueError) as e:
+        raise QCDatasetError(str(e)) from None
 
 
 def candidate_file(raw_folder: str, sample: str) -> str:
@@ -390,29 +380,15 @@ class nnQCPreprocessor(DefaultPreprocessor):
 
     def _run_jobs(self, jobs: list[tuple], num_processes: int) -> list[tuple[bool, int]]:
         progress = tqdm(desc="Preprocessing subjects", total=len(jobs), disable=not self.show_progress_bar)
-        if num_processes <= 1:
-            results = []
-            for job in jobs:
-                results.append(self.run_subject(*job))
-                progress.update()
-            progress.close()
-            return results
-        with multiprocessing.get_context("spawn").Pool(num_processes) as pool:
-            workers = list(pool._pool)
-            pending = [pool.starmap_async(self.run_subject, (job,)) for job in jobs]
-            remaining = list(range(len(jobs)))
-            while remaining:
-                if not all(w.is_alive() for w in workers):
-                    raise RuntimeError("A preprocessing worker died (often: out of memory). Try fewer processes "
-                                       "(-np).")
-                done = [i for i in remaining if pending[i].ready()]
-                for i in done:
-                    pending[i].get()  # raises the worker's error, which names the case
-                    progress.update()
-                remaining = [i for i in remaining if i not in done]
-                sleep(0.1)
+        results = []
+        for result in map_unordered(self._run_job, jobs, num_processes):
+            results.append(result)
+            progress.update()
         progress.close()
-        return [p.get()[0] for p in pending]
+        return results
+
+    def _run_job(self, job: tuple) -> tuple[bool, int]:
+        return self.run_subject(*job)
 
     @staticmethod
     def _remove_temporaries(output_folder: str) -> None:

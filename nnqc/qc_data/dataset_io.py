@@ -15,6 +15,8 @@ from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 from nnunetv2.utilities.dataset_name_id_conversion import find_candidate_datasets, maybe_convert_to_dataset_name
 
 from nnqc.atomic_files import write_image_atomically
+from nnqc.input_files import InputFileError, check_input_file
+from nnqc.metrics import allowed_labels, get_regions
 from nnqc.paths import require
 
 # file endings that SimpleITK reads and writes with full geometry (nnU-Net's SimpleITKIO list, plus plain NIfTI)
@@ -60,23 +62,35 @@ def _geometry_of(image: sitk.Image | sitk.ImageFileReader) -> Geometry:
                     direction=tuple(float(d) for d in image.GetDirection()))
 
 
-def read_geometry(path: str) -> Geometry:
-    """Header only (no voxel data), so that checking thousands of files stays cheap."""
+def check_input(path: str, check_nan: bool = False) -> None:
+    """check_input_file as a ConversionError: missing, truncated or corrupt, not 3D, NaN (with check_nan)."""
+    try:
+        check_input_file(path, check_nan=check_nan)
+    except InputFileError as e:
+        raise ConversionError(str(e)) from None
+
+
+def read_geometry(path: str, check_nan: bool = False) -> Geometry:
+    """Header (no voxel data through SimpleITK), after check_input; for floating-point NIfTI with `check_nan`
+    the voxels are read once to look for NaN, as images need."""
+    check_input(path, check_nan)
     reader = sitk.ImageFileReader()
     reader.SetFileName(path)
     try:
         reader.ReadImageInformation()
     except RuntimeError as e:
-        raise ConversionError(f"Cannot read the image header of {path}: {_first_line(e)}") from None
+        raise ConversionError(f"Cannot read the image header of {path}: {readable_message(e)}") from None
     return _geometry_of(reader)
 
 
 def read_label_map(path: str) -> tuple[np.ndarray, Geometry]:
-    """Integer label map (numpy z, y, x order) and its geometry; non-integer or negative values are an error."""
+    """Integer label map (numpy z, y, x order) and its geometry; truncated, non-3D or non-integer files are an
+    error naming the file."""
+    check_input(path, check_nan=True)
     try:
         image = sitk.ReadImage(path)
     except RuntimeError as e:
-        raise ConversionError(f"Cannot read the label map {path}: {_first_line(e)}") from None
+        raise ConversionError(f"Cannot read the label map {path}: {readable_message(e)}") from None
     if image.GetNumberOfComponentsPerPixel() != 1 or image.GetDimension() != 3:
         raise ConversionError(f"{path} is not a 3D single-component label map "
                               f"(dimension {image.GetDimension()}, {image.GetNumberOfComponentsPerPixel()} "
@@ -113,11 +127,6 @@ def write_label_map(array: np.ndarray, geometry: Geometry, path: str) -> None:
     write_image_atomically(image, path)
 
 
-def is_complete_copy(source: str, destination: str) -> bool:
-    """True when `destination` exists and has the size of `source` (a finished link or copy)."""
-    return os.path.isfile(destination) and os.path.getsize(destination) == os.path.getsize(source)
-
-
 @dataclass(frozen=True)
 class CaseFiles:
     """Files of one subject of a source dataset: one image per channel (channel order) and the reference."""
@@ -147,11 +156,23 @@ def resolve_raw_dataset_folder(source: str | int) -> str:
         raw = require("nnUNet_raw")
         name = maybe_convert_to_dataset_name(source)
     except (RuntimeError, ValueError) as e:
-        raise ConversionError(f"Cannot find the source dataset {source!r}: {_first_line(e)}") from None
+        raise ConversionError(f"Cannot find the source dataset {source!r}: {readable_message(e)}") from None
     folder = os.path.join(raw, name)
     if not os.path.isdir(folder):
         raise ConversionError(f"The source dataset {name} is not in nnUNet_raw ({folder} does not exist)")
     return folder
+
+
+def dataset_regions(dataset_json: dict, where: str) -> tuple[list[str], list[tuple[int, ...]], tuple[int, ...]]:
+    """Region names, regions and allowed labels of a dataset.json; `where` names it in errors."""
+    try:
+        names, regions = get_regions(dataset_json)
+        labels = allowed_labels(dataset_json)
+    except ValueError as e:
+        raise ConversionError(f"{where}: {e}") from None
+    if max(labels) > 255:
+        raise ConversionError(f"{where}: label {max(labels)} does not fit the uint8 candidates of a QC dataset")
+    return names, [tuple(r) for r in regions], labels
 
 
 def dataset_short_name(folder_name: str) -> str:
@@ -168,7 +189,7 @@ def load_dataset_json(folder: str) -> dict:
         with open(path, encoding="utf-8") as f:
             content = json.load(f)
     except (OSError, ValueError) as e:
-        raise ConversionError(f"Cannot read {path}: {_first_line(e)}") from None
+        raise ConversionError(f"Cannot read {path}: {readable_message(e)}") from None
     for key in ("channel_names", "labels", "file_ending"):
         if key not in content:
             raise ConversionError(f"{path} lacks the nnU-Net field {key!r}")
@@ -193,6 +214,15 @@ def _cases_from_folders(folder: str, file_ending: str, num_channels: int) -> dic
         raise ConversionError(f"{labels_folder} does not exist: the source dataset has no references")
     subjects = [f[:-len(file_ending)] for f in os.listdir(labels_folder)
                 if f.endswith(file_ending) and not f.startswith(".")]
+    images_folder = os.path.join(folder, "imagesTr")
+    channel_file = re.compile(r"(.+)_\d{4}" + re.escape(file_ending))
+    known = set(subjects)
+    if os.path.isdir(images_folder):
+        for name in sorted(os.listdir(images_folder)):
+            match = channel_file.fullmatch(name)
+            if match and not name.startswith(".") and match.group(1) not in known:
+                raise ConversionError(f"Case {match.group(1)}: the image {os.path.join(images_folder, name)} has "
+                                      f"no reference {os.path.join(labels_folder, match.group(1) + file_ending)}")
     return {s: CaseFiles(images=tuple(os.path.join(folder, "imagesTr", f"{s}_{c:04d}{file_ending}")
                                       for c in range(num_channels)),
                          reference=os.path.join(labels_folder, s + file_ending))
@@ -228,7 +258,7 @@ def check_case_geometry(subject: str, files: CaseFiles) -> Geometry:
     """Every channel of a subject must share its reference's geometry; returns that geometry."""
     reference = read_geometry(files.reference)
     for image in files.images:
-        problems = read_geometry(image).mismatches(reference)
+        problems = read_geometry(image, check_nan=True).mismatches(reference)
         if problems:
             raise ConversionError(f"Case {subject}: {image} does not match the geometry of its reference "
                                   f"{files.reference}: {'; '.join(problems)}")
@@ -253,6 +283,18 @@ def raw_folder_of_dataset(dataset_id: int, name: str) -> str:
     return os.path.join(raw, folder_name)
 
 
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else type(error).__name__
+_CPP_LOCATION = re.compile(r"\S+\.(?:cxx|cpp|hxx|txx|h):\d+:?")
+
+
+def readable_message(error: BaseException) -> str:
+    """One readable line for an exception: SimpleITK's 'sitk::ERROR:' line without the C++ source location it is
+    wrapped in, otherwise the first non-empty line; the type name when there is no text."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    for line in lines:
+        if "sitk::ERROR:" in line:
+            return line.split("sitk::ERROR:", 1)[1].strip()
+    for line in lines:
+        cleaned = _CPP_LOCATION.sub("", line).replace("Exception thrown in SimpleITK", "").strip(" :")
+        if cleaned:
+            return cleaned
+    return type(error).__name__

@@ -8,7 +8,7 @@ same on any resolution. All work happens inside the bounding box of what changes
 
 Common signature: (reference, rng, spacing, labels, regions) -> uint8 label map of the reference's shape,
 with values in `labels` (all valid label values including 0). An empty reference gives an empty candidate,
-except for false_positive_blobs, which adds blobs anyway.
+except for false_positive_blobs, which adds blobs anyway (inside the subject's non-zero region when it is given).
 """
 from __future__ import annotations
 
@@ -231,12 +231,15 @@ def _random_rotation(rng: np.random.Generator) -> np.ndarray:
 
 
 def false_positive_blobs(reference: np.ndarray, rng: np.random.Generator, spacing: Sequence[float],
-                         labels: Sequence[int], regions: list[tuple[int, ...]]) -> np.ndarray:
-    """Add 1-5 ellipsoidal blobs of random foreground labels, near the object or anywhere in the image.
+                         labels: Sequence[int], regions: list[tuple[int, ...]],
+                         inside: np.ndarray | None = None) -> np.ndarray:
+    """Add 1-5 ellipsoidal blobs of random foreground labels, near the object or anywhere in the subject.
 
     Their total volume is a log-uniform 0.02-30 times the foreground's volume (DSC ~ 2 / (2 + factor),
     about 0.06-0.99); on an empty reference it is based on a 10 mm radius sphere. Blobs either only
-    paint background (pure false positives) or overwrite whatever is there.
+    paint background (pure false positives) or overwrite whatever is there. `inside` (bool, the reference's
+    shape) is where blobs may go: the subject's non-zero region, which the network sees; blobs centred
+    "anywhere" are centred on one of its voxels and clipped to it. None: the whole image.
     """
     candidate, spacing, box = _start(reference, spacing)
     foreground = _foreground_labels(labels)
@@ -249,6 +252,9 @@ def false_positive_blobs(reference: np.ndarray, rng: np.random.Generator, spacin
     volumes = total_volume * rng.dirichlet(np.ones(n_blobs))
     only_background = rng.random() < .5
     shape = np.array(reference.shape)
+    if inside is not None and inside.shape != reference.shape:
+        raise ValueError(f"the region for blobs has shape {inside.shape}, the reference {reference.shape}")
+    inside_voxels = None
     foreground_voxels = None
     for volume in volumes:
         blob_label = foreground[rng.integers(len(foreground))]
@@ -260,8 +266,15 @@ def false_positive_blobs(reference: np.ndarray, rng: np.random.Generator, spacin
                 foreground_voxels = np.argwhere(reference[_box_slices(box)]) + [lo for lo, _ in box]
             anchor = foreground_voxels[rng.integers(len(foreground_voxels))] * spacing
             centre = anchor + _random_unit_vector(rng) * semi_axes.max() * rng.uniform(0, 1.5)
-        else:
+        elif inside is None:
             centre = rng.uniform(0, 1, size=3) * (shape - 1) * spacing
+        else:
+            if inside_voxels is None:
+                inside_voxels = np.flatnonzero(inside)
+            if inside_voxels.size == 0:
+                return candidate
+            centre = np.array(np.unravel_index(inside_voxels[rng.integers(inside_voxels.size)], inside.shape),
+                              dtype=float) * spacing
         reach = _mm_to_voxels(semi_axes.max(), spacing) + 1
         centre_vox = np.round(centre / spacing).astype(int)
         blob_box = [[max(0, c - r), min(n, c + r + 1)] for c, r, n in zip(centre_vox, reach, shape)]
@@ -269,15 +282,17 @@ def false_positive_blobs(reference: np.ndarray, rng: np.random.Generator, spacin
             continue
         grid = _physical_grid(blob_box, spacing)
         # ellipsoid in its own frame: sum_k ((R^T (p - c))_k / a_k)^2 <= 1
-        inside = np.zeros(tuple(hi - lo for lo, hi in blob_box))
+        ellipsoid = np.zeros(tuple(hi - lo for lo, hi in blob_box))
         for k in range(3):
             local = sum(rotation[j, k] * (grid[j] - centre[j]) for j in range(3))
-            inside = inside + (local / semi_axes[k]) ** 2
-        inside = inside <= 1
+            ellipsoid = ellipsoid + (local / semi_axes[k]) ** 2
+        blob = ellipsoid <= 1
+        if inside is not None:
+            blob &= inside[_box_slices(blob_box)]
         out = candidate[_box_slices(blob_box)]
         if only_background:
-            inside &= out == 0
-        out[inside] = blob_label
+            blob &= out == 0
+        out[blob] = blob_label
     return candidate
 
 

@@ -1,7 +1,9 @@
 """One entry point for every synthetic candidate source: SegGen and the degradation families.
 
-A candidate is fully determined by (family, reference, seed, spacing, labels, regions), so a QC dataset
-stores only the family name and the seed next to each sample and can regenerate it bit for bit.
+A candidate is fully determined by (family, reference, seed, spacing, labels, regions, view), so a QC dataset
+stores only the family name and the seed next to each sample and can regenerate it bit for bit from its files
+(the view is computed from the subject's images). With a view, every candidate's foreground lies inside the
+network's view and false-positive blobs inside the subject's non-zero region: errors the network can see.
 """
 from __future__ import annotations
 
@@ -11,6 +13,7 @@ import numpy as np
 
 from nnqc.qc_data import degradations
 from nnqc.qc_data.seggen import seggen
+from nnqc.qc_data.view import SubjectView, limit_to_view
 
 Generator = Callable[[np.ndarray, np.random.Generator, Sequence[float], Sequence[int], list[tuple[int, ...]]],
                      np.ndarray]
@@ -31,15 +34,20 @@ _GENERATORS: dict[str, Generator] = {
     "slice_errors": degradations.slice_errors,
 }
 
+# families that place new foreground away from the reference and are told where the subject is
+_USES_NONZERO_REGION = frozenset({"false_positive_blobs"})
+
 GENERATOR_FAMILIES: tuple[str, ...] = tuple(_GENERATORS)
 DEGRADATION_FAMILIES: tuple[str, ...] = tuple(f for f in GENERATOR_FAMILIES if f != "seggen")
 
 
 def generate_candidate(family: str, reference: np.ndarray, seed: int, spacing: Sequence[float],
-                       labels: Sequence[int], regions: list[tuple[int, ...]]) -> np.ndarray:
+                       labels: Sequence[int], regions: list[tuple[int, ...]],
+                       view: SubjectView | None = None) -> np.ndarray:
     """A candidate label map of `family` for `reference` (z, y, x), drawn with np.random.default_rng(seed).
 
-    Returns uint8 of the reference's shape with values in `labels` (all valid label values, 0 included).
+    Returns uint8 of the reference's shape with values in `labels` (all valid label values, 0 included). With
+    `view` (the subject's non-zero region and box), the candidate is background outside the view's box.
     """
     if family not in _GENERATORS:
         raise ValueError(f"unknown candidate generator family {family!r}; valid: {', '.join(GENERATOR_FAMILIES)}")
@@ -54,12 +62,16 @@ def generate_candidate(family: str, reference: np.ndarray, seed: int, spacing: S
     if reference.size and (reference.min() < 0 or reference.max() > 255):
         raise ValueError(f"the reference holds labels outside [0, 255]: min {reference.min()}, "
                          f"max {reference.max()}")
+    if view is not None and view.shape != reference.shape:
+        raise ValueError(f"the view has shape {view.shape}, the reference {reference.shape}")
     reference = reference.astype(np.uint8, copy=False)
     allowed = np.zeros(256, dtype=bool)
     allowed[valid] = True
     if not allowed[reference].all():
         found = sorted(set(np.unique(reference).tolist()) - set(valid))
         raise ValueError(f"the reference holds labels {found} that are not in labels {valid}")
+    extra = {"inside": view.nonzero} if view is not None and family in _USES_NONZERO_REGION else {}
     candidate = _GENERATORS[family](reference, np.random.default_rng(seed),
-                                    spacing, valid, [tuple(int(l) for l in r) for r in regions])
-    return candidate.astype(np.uint8, copy=False)
+                                    spacing, valid, [tuple(int(l) for l in r) for r in regions], **extra)
+    candidate = candidate.astype(np.uint8, copy=False)
+    return candidate if view is None else limit_to_view(candidate, view)

@@ -1,9 +1,11 @@
 """nnQC_convert: build a raw QC dataset from an nnU-Net raw dataset, or verify one."""
 import argparse
 import sys
+import warnings
 
 from nnunetv2.configuration import default_num_processes
 
+from nnqc.process_pool import WorkerDiedError
 from nnqc.qc_data.dataset_io import ConversionError, resolve_raw_dataset_folder
 
 
@@ -49,7 +51,14 @@ def _parser() -> argparse.ArgumentParser:
 def convert_entry() -> None:
     args = _parser().parse_args()
     # imported here so that --help stays fast
-    from nnqc.qc_data.conversion import DEFAULT_NUM_RECOMPUTED, convert_dataset, verify_qc_dataset
+    from nnqc.qc_data.conversion import OutsideViewWarning, convert_dataset
+    from nnqc.qc_data.verification import DEFAULT_NUM_RECOMPUTED, verify_qc_dataset
+
+    def show(message, category, *_args, **_kwargs) -> None:
+        print(f"nnQC_convert: warning: {message}", file=sys.stderr)
+
+    warnings.simplefilter("always", OutsideViewWarning)
+    warnings.showwarning = show
     try:
         if args.verify:
             folder = resolve_raw_dataset_folder(args.dataset)
@@ -66,7 +75,7 @@ def convert_entry() -> None:
         convert_dataset(args.source, target_id, args.name, args.candidates, args.candidate_tags, args.seggen,
                         0 if args.no_degradations else args.degradations, args.tolerance, args.seed, args.np,
                         args.num_parts, args.part_id)
-    except ConversionError as e:
+    except (ConversionError, WorkerDiedError) as e:
         print(f"nnQC_convert: error: {e}", file=sys.stderr)
         sys.exit(1)
 
