@@ -163,3 +163,16 @@ def test_convert_takes_the_folders_as_they_are(made):
     targets = read_targets(os.path.join(result.folder, "qc_targets.csv"))
     assert sorted(set(targets["source"])) == ["T1_ep1", "T1_ep2", "all_ep1", "all_ep2"]
     assert len(targets) == 4 * len(made["subjects"])
+
+
+def test_histogram_counts_each_source_in_the_training_bins():
+    from nnqc.qc_data.progress import dsc_counts_by_source
+    from nnqc.sampling import dsc_bins
+
+    dscs = [0.0, 0.05, 0.1, 0.55, 0.999, 1.0, 1.0, 0.3]
+    sources = ["a", "b", "a", "a", "b", "b", "a", "c"]
+    names, counts = dsc_counts_by_source(dscs, sources)
+    assert names == ["a", "b", "c"]
+    for name, row in zip(names, counts):
+        mine = [d for d, s in zip(dscs, sources) if s == name]
+        assert row.tolist() == np.bincount(dsc_bins(np.array(mine)), minlength=10).tolist()

@@ -27,6 +27,7 @@ from nnqc.qc_data.layout import (
 from nnqc.qc_data.sample_making import WorkerContext, copy_subject
 from nnqc.qc_data.sample_plan import SampleSpec
 from nnqc.qc_data.targets_table import TARGETS_CSV, qc_targets_csv_text
+from nnqc.sampling import dsc_bins
 
 # dataset.json fields carried over from the source dataset (nnU-Net's own, where present)
 SOURCE_JSON_FIELDS = ("channel_names", "labels", "regions_class_order", "file_ending",
@@ -151,23 +152,44 @@ def _remove_stale_temp_files(folder: str) -> None:
                 os.remove(os.path.join(path, name))
 
 
+def dsc_counts_by_source(dscs: Sequence[float], sources: Sequence[str]) -> tuple[list[str], np.ndarray]:
+    """Sources (sorted) and their sample counts per DSC bin (10 bins over [0, 1], the bins training balances)."""
+    bins, sources = dsc_bins(np.asarray(dscs, dtype=float), N_HISTOGRAM_BINS), np.asarray(sources)
+    names = sorted(set(sources.tolist()))
+    return names, np.array([np.bincount(bins[sources == n], minlength=N_HISTOGRAM_BINS) for n in names]
+                           ).reshape(len(names), N_HISTOGRAM_BINS)
+
+
 def plot_dsc_histogram(dscs: Sequence[float], sources: Sequence[str], path: str) -> None:
-    """Histogram of the sample DSCs in 10 bins over [0, 1], stacked by source (the bins training balances)."""
+    """The sample DSCs in 10 bins over [0, 1]: stacked by source above, and each source's own counts per bin side
+    by side below (one row per source, e.g. every nnQC_make_candidates snapshot), so that the bins each source
+    fills can be read even with dozens of sources."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
-    dscs, sources = np.asarray(dscs, dtype=float), np.asarray(sources)
-    names = sorted(set(sources.tolist()))
-    figure = Figure(figsize=(7, 4.5))
-    FigureCanvasAgg(figure)
-    ax = figure.add_subplot()
+    names, counts = dsc_counts_by_source(dscs, sources)
     bins = np.linspace(0, 1, N_HISTOGRAM_BINS + 1)
-    ax.hist([dscs[sources == n] for n in names], bins=bins, stacked=True, label=names, edgecolor="white")
-    ax.set_xlim(0, 1)
-    ax.set_xticks(bins)
-    ax.set_xlabel("subject-level DSC")
-    ax.set_ylabel("samples")
-    ax.set_title(f"QC samples per DSC bin (n = {len(dscs)})")
-    ax.legend(title="source", fontsize="small")
+    figure = Figure(figsize=(8, 4 + 0.3 * len(names)))
+    FigureCanvasAgg(figure)
+    top, bottom = figure.subplots(2, 1, gridspec_kw={"height_ratios": [4, 1 + 0.3 * len(names)]})
+    bottoms = np.zeros(N_HISTOGRAM_BINS)
+    for name, row in zip(names, counts):
+        top.bar(bins[:-1], row, width=np.diff(bins), bottom=bottoms, align="edge", edgecolor="white", label=name)
+        bottoms += row
+    top.set_xlim(0, 1)
+    top.set_xticks(bins)
+    top.set_xlabel("subject-level DSC")
+    top.set_ylabel("samples")
+    top.set_title(f"QC samples per DSC bin (n = {int(counts.sum())}, {len(names)} sources)")
+    if len(names) <= 12:
+        top.legend(title="source", fontsize="small")
+    bottom.imshow(counts, aspect="auto", cmap="Blues", extent=(0, 1, len(names), 0), vmin=0)
+    for i, row in enumerate(counts):
+        for j, count in enumerate(row):
+            bottom.text((bins[j] + bins[j + 1]) / 2, i + 0.5, str(int(count)), ha="center", va="center",
+                        fontsize="x-small", color="black" if count <= counts.max() / 2 else "white")
+    bottom.set_yticks(np.arange(len(names)) + 0.5, names, fontsize="small")
+    bottom.set_xticks(bins)
+    bottom.set_xlabel("subject-level DSC (samples per bin, by source)")
     figure.tight_layout()
     replace_atomically(path, lambda temporary: figure.savefig(temporary, dpi=100))
