@@ -8,10 +8,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
+import surface_distance
 
 from nnqc.evaluation.evaluate import evaluate_predictions
 from nnqc.metrics.sem import decode_sem_bits, encode_sem_bits
 
+if not hasattr(np, "Inf"):
+    np.Inf = np.inf  # the reference surface_distance package predates NumPy 2
 ENDING = ".nii.gz"
 DATASET_JSON = {"channel_names": {"0": "T1"}, "labels": {"background": 0, "A": 1, "B": 2}, "file_ending": ENDING,
                 "nsd_tolerance_mm": 1.5}
@@ -118,9 +121,6 @@ def make_prediction_output(base, with_maps: bool = True) -> dict:
 
 def reference_nsd(reference: np.ndarray, query: np.ndarray, tolerance: float) -> float:
     """Mean over regions of DeepMind's surface Dice (independent implementation)."""
-    surface_distance = pytest.importorskip("surface_distance")
-    if not hasattr(np, "Inf"):
-        np.Inf = np.inf  # the reference package predates NumPy 2
     values = []
     for (label,) in REGIONS:
         distances = surface_distance.compute_surface_distances(reference == label, query == label, SPACING_ZYX)
