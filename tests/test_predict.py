@@ -183,6 +183,58 @@ def test_settings_are_a_contract(pipeline_env, cases, tmp_path):
     assert [c["case"] for c in load_json(join(out, "qc_summary.json"))["cases"]] == [kept]
 
 
+def test_any_failure_skips_only_that_case_and_the_summary_is_written(pipeline_env, cases, tmp_path, monkeypatch):
+    predictor = nnQCPredictor(torch.device("cpu"), allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(model_folder(QC_ID, TRAINER, "nnQCPlans", "3d_fullres"), (0,))
+    first, second, third = cases["names"]
+    predict, restore = predictor.predict_preprocessed, predictor.restore_to_input_geometry
+    calls = {"predict": 0}
+
+    def failing_predict(data, candidate, window=None):
+        calls["predict"] += 1
+        if calls["predict"] == 1:  # the first case in order
+            raise MemoryError("out of memory on the first case")
+        return predict(data, candidate, window)
+
+    def failing_restore(label_map, properties):
+        if properties.get("_fail"):
+            raise OSError("No space left on device")
+        return restore(label_map, properties)
+
+    preprocess = predictor.preprocess_files
+
+    def marking_preprocess(case):
+        data, candidate, properties = preprocess(case)
+        return data, candidate, {**properties, "_fail": case.case == third}
+
+    monkeypatch.setattr(predictor, "predict_preprocessed", failing_predict)
+    monkeypatch.setattr(predictor, "restore_to_input_geometry", failing_restore)
+    monkeypatch.setattr(predictor, "preprocess_files", marking_preprocess)
+    out = str(tmp_path / "out")
+    table = predictor.predict_from_files(cases["images"], cases["segs"], out, num_threads_export=2)
+    status = table.set_index("case")["status"]
+    assert status[second] == "ok"
+    assert re.fullmatch(rf"skipped: {first} \(.*{first}\.nii\.gz\): prediction failed: MemoryError: out of "
+                        r"memory on the first case", status[first]), status[first]
+    assert re.fullmatch(rf"skipped: {third}: writing its results failed: OSError: No space left on device",
+                        status[third]), status[third]
+    assert sorted(f for f in os.listdir(out) if f.endswith(".nii.gz")) == [second + ".nii.gz"]
+    assert sorted(pd.read_csv(join(out, "qc_summary.csv"))["case"]) == cases["names"]
+
+
+def test_worker_failures_come_back_as_named_case_errors():
+    from nnqc.inference.predictor import CaseFiles, _preprocess_or_error
+
+    class Broken(nnQCPredictor):
+        def preprocess_files(self, case):
+            raise KeyError("spacing")
+
+    error = _preprocess_or_error(Broken(torch.device("cpu")), CaseFiles("c1", ["/in/c1_0000.nii.gz"],
+                                                                        "/in/seg/c1.nii.gz"))
+    assert isinstance(error, CaseError)
+    assert str(error) == "c1 (/in/seg/c1.nii.gz): preprocessing failed: KeyError: 'spacing'"
+
+
 def tree_hashes(*folders):
     """sha256 of every file (and the names of every folder) under the folders: to prove inputs are not written."""
     found = {}
