@@ -174,13 +174,15 @@ def test_settings_are_a_contract(pipeline_env, cases, tmp_path):
     one_case.mkdir()
     kept = cases["names"][1]
     shutil.copy(join(cases["segs"], kept + ".nii.gz"), one_case)
-    table = other.predict_from_files(cases["images"], str(one_case), out)
-    assert list(table["case"]) == [kept] and (table["status"] == "ok").all()
-    assert sorted(os.listdir(join(out, "qc_cases"))) == [kept + ".json"]
+    table = other.predict_from_files(cases["images"], str(one_case), out).set_index("case")
+    assert sorted(table.index) == cases["names"]  # the others have images but no segmentation now
+    assert list(table.index[table["status"] == "ok"]) == [kept]
+    assert all("no segmentation" in table.loc[c, "status"] for c in cases["names"] if c != kept)
     assert sorted(f for f in os.listdir(out) if f.endswith(".nii.gz")) == [kept + ".nii.gz"]
     assert not os.path.exists(join(out, "qc_evaluation.json"))
     assert load_json(join(out, "predict_settings.json"))["folds"] == [1]
-    assert [c["case"] for c in load_json(join(out, "qc_summary.json"))["cases"]] == [kept]
+    summary = {c["case"]: c["status"] for c in load_json(join(out, "qc_summary.json"))["cases"]}
+    assert summary == table["status"].to_dict()
 
 
 def test_any_failure_skips_only_that_case_and_the_summary_is_written(pipeline_env, cases, tmp_path, monkeypatch):
