@@ -31,9 +31,9 @@ class CopyCandidateNetwork(torch.nn.Module):
 
 def segmentation() -> np.ndarray:
     seg = np.zeros(SHAPE, dtype=np.uint8)
-    seg[6:20, 8:24, 5:17] = 1
-    seg[8:14, 10:16, 8:14] = 2
-    seg[16:26, 20:32, 20:31] = 3
+    seg[6:20, 8:24, 12:22] = 1  # off the box's centre along x, so the window is not the centred one
+    seg[8:14, 10:16, 14:20] = 2
+    seg[16:26, 20:32, 22:33] = 3
     seg[0:2, 10:14, 10:14] = 1  # outside the non-zero box along z: cropped away by preprocessing
     return seg
 
