@@ -1,6 +1,7 @@
 """nnQC_evaluate on hand-made prediction folders: exact figures, bit decoding, balancing, errors, no stray writes."""
 import json
 import os
+import re
 import subprocess
 import sys
 
@@ -8,10 +9,13 @@ import numpy as np
 import pandas as pd
 import pytest
 import SimpleITK as sitk
+import surface_distance
 
 from nnqc.evaluation.evaluate import evaluate_predictions
 from nnqc.metrics.sem import decode_sem_bits, encode_sem_bits
 
+if not hasattr(np, "Inf"):
+    np.Inf = np.inf  # the reference surface_distance package predates NumPy 2
 ENDING = ".nii.gz"
 DATASET_JSON = {"channel_names": {"0": "T1"}, "labels": {"background": 0, "A": 1, "B": 2}, "file_ending": ENDING,
                 "nsd_tolerance_mm": 1.5}
@@ -118,9 +122,6 @@ def make_prediction_output(base, with_maps: bool = True) -> dict:
 
 def reference_nsd(reference: np.ndarray, query: np.ndarray, tolerance: float) -> float:
     """Mean over regions of DeepMind's surface Dice (independent implementation)."""
-    surface_distance = pytest.importorskip("surface_distance")
-    if not hasattr(np, "Inf"):
-        np.Inf = np.inf  # the reference package predates NumPy 2
     values = []
     for (label,) in REGIONS:
         distances = surface_distance.compute_surface_distances(reference == label, query == label, SPACING_ZYX)
@@ -238,10 +239,40 @@ def test_clear_errors(tmp_path):
     other_regions = {**DATASET_JSON, "labels": {"background": 0, "A": 1}}
     with pytest.raises(ValueError, match="regions"):
         evaluate_predictions(folders["out"], folders["refs"], other_regions, verbose=False)
-    write_volume(reference_volume(), os.path.join(folders["refs"], f"swapped{ENDING}"), (2.0, 0.8, 1.1))
-    with pytest.raises(ValueError, match="case swapped.*geometry.*spacing"):
-        evaluate_predictions(folders["out"], folders["refs"], verbose=False)
     assert not os.path.exists(os.path.join(folders["out"], "qc_evaluation.json"))  # nothing half-written
+
+
+def test_bad_references_are_skipped_by_name_and_the_evaluation_is_written(tmp_path):
+    """Per-case problems (geometry, labels not in dataset.json, 4D, truncated, unreadable) skip the case with its
+    reason; the figures come from the other cases."""
+    folders = make_prediction_output(tmp_path)
+    refs = folders["refs"]
+    write_volume(reference_volume(), os.path.join(refs, f"swapped{ENDING}"), (2.0, 0.8, 1.1))
+    brats_style = reference_volume()
+    brats_style[brats_style == 2] = 4  # a label dataset.json does not declare: no "true" DSC from it
+    write_volume(brats_style, os.path.join(refs, f"missing_b{ENDING}"))
+    four_d = sitk.JoinSeries([sitk.GetImageFromArray(reference_volume())] * 2)
+    sitk.WriteImage(four_d, os.path.join(refs, f"shifted{ENDING}"), True)
+    with open(os.path.join(refs, f"perfect2{ENDING}"), "rb") as f:
+        content = f.read()
+    with open(os.path.join(refs, f"perfect2{ENDING}"), "wb") as f:
+        f.write(content[:-12])  # an interrupted copy: the end of the stream is missing
+    with open(os.path.join(refs, f"perfect3{ENDING}"), "wb") as f:
+        f.write(b"not an image at all")
+    result = evaluate_predictions(folders["out"], refs, verbose=False)
+    reasons = {c["case"]: c["reason"] for c in result["not_evaluated"]}
+    expected = {"swapped": r"case swapped.*swapped\.nii\.gz.*geometry.*spacing",
+                "missing_b": r"case missing_b.*missing_b\.nii\.gz holds labels \[4\]; dataset.json allows \[0, 1, 2\]",
+                "shifted": r"case shifted.*shifted\.nii\.gz is a 4D image",
+                "perfect2": r"case perfect2.*perfect2\.nii\.gz.*(truncated|corrupt)",
+                "perfect3": r"case perfect3.*perfect3\.nii\.gz"}
+    for case, pattern in expected.items():
+        assert re.search(pattern, reasons[case]), (case, reasons[case])
+        assert "\n" not in reasons[case] and ".cxx" not in reasons[case]
+    table = pd.read_csv(os.path.join(folders["out"], "qc_evaluation.csv"))
+    assert list(table["case"]) == ["perfect"] and result["num_cases"] == 1
+    with open(os.path.join(folders["out"], "qc_evaluation.json")) as f:
+        assert json.load(f) == result
 
 
 def test_command_line_and_no_writes_outside_output(tmp_path):

@@ -2,8 +2,11 @@
 import importlib
 import math
 
+import monai.metrics as monai_metrics
 import numpy as np
 import pytest
+import surface_distance
+import torch
 from scipy import ndimage
 from scipy.spatial.distance import dice as scipy_dice_dissimilarity
 
@@ -23,6 +26,8 @@ from nnqc.metrics import (
 
 # the package re-exports the function surface_dice under the module's name
 surface_dice_module = importlib.import_module("nnqc.metrics.surface_dice")
+if not hasattr(np, "Inf"):
+    np.Inf = np.inf  # the reference surface_distance package predates NumPy 2
 
 BRATS_JSON = {"channel_names": {"0": "T1", "1": "T1ce", "2": "T2", "3": "FLAIR"},
               "labels": {"background": 0, "whole_tumor": [1, 2, 3], "tumor_core": [2, 3], "enhancing_tumor": 3},
@@ -34,9 +39,6 @@ SPACINGS = [(1.0, 1.0, 1.0), (2.5, 0.7, 1.3), (0.4, 3.0, 1.1), (5.0, 1.5, 1.5)]
 
 @pytest.fixture(scope="module")
 def deepmind():
-    surface_distance = pytest.importorskip("surface_distance")
-    if not hasattr(np, "Inf"):
-        np.Inf = np.inf  # the reference package predates NumPy 2
     return surface_distance
 
 
@@ -124,8 +126,6 @@ def test_both_proximity_searches_agree():
 
 
 def test_surface_dice_equals_monai():
-    monai_metrics = pytest.importorskip("monai.metrics")
-    torch = pytest.importorskip("torch")
 
     def one_hot(mask):
         foreground = torch.from_numpy(mask.astype(np.float32))[None, None]

@@ -1,5 +1,7 @@
 """nnQC_predict with a tiny trained model: outputs, geometry, ensembling, parts, bad input."""
+import hashlib
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -24,13 +26,15 @@ def snapshot(folder):
             for f in sorted(os.listdir(folder))}
 
 
-def write_like(array, reference: sitk.Image, path, spacing=None, direction=None):
+def write_like(array, reference: sitk.Image, path, spacing=None, direction=None, origin=None):
     image = sitk.GetImageFromArray(array)
     image.CopyInformation(reference)
     if spacing is not None:
         image.SetSpacing(spacing)
     if direction is not None:
         image.SetDirection(direction)
+    if origin is not None:
+        image.SetOrigin(origin)
     sitk.WriteImage(image, path, True)
 
 
@@ -121,7 +125,7 @@ def test_ensemble_is_the_mean_of_folds_and_arrays_match_files(pipeline_env, case
 
 
 def test_nan_in_an_image_is_refused(pipeline_env, cases):
-    # ITK's NIfTI reader turns NaN into 0, so NaN can only arrive through the array API (or other formats)
+    # the array API checks what it is given (files are checked with nibabel: see test_bad_input_matrix)
     predictor = nnQCPredictor(torch.device("cpu"), allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(model_folder(QC_ID, TRAINER, "nnQCPlans", "3d_fullres"), (0,))
     name = cases["names"][0]
@@ -147,7 +151,107 @@ def test_parts_and_continue_merge_into_one_summary(pipeline_env, cases, tmp_path
     pd.testing.assert_frame_equal(again, full)
 
 
-def test_bad_input_cases_are_skipped_with_their_reason(trained_pipeline, cases, tmp_path):
+def test_settings_are_a_contract(pipeline_env, cases, tmp_path):
+    folder = model_folder(QC_ID, TRAINER, "nnQCPlans", "3d_fullres")
+    predictor = nnQCPredictor(torch.device("cpu"), allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(folder, (0,))
+    out = str(tmp_path / "out")
+    predictor.predict_from_files(cases["images"], cases["segs"], out)
+    with open(join(out, "qc_evaluation.json"), "w") as f:
+        f.write("{}")  # an evaluation of this run's predictions
+    for changed in ({"flag_below": 0.5}, {"save_maps": False}):
+        with pytest.raises(ValueError, match="--continue_prediction.*" + ("flag_below 0.7 -> 0.5" if "flag_below"
+                                                                          in changed else "maps_written")):
+            predictor.predict_from_files(cases["images"], cases["segs"], out, continue_prediction=True, **changed)
+    other = nnQCPredictor(torch.device("cpu"), allow_tqdm=False)
+    other.initialize_from_trained_model_folder(folder, (1,))
+    with pytest.raises(ValueError, match=r"folds \[0\] -> \[1\]"):
+        other.predict_from_files(cases["images"], cases["segs"], out, continue_prediction=True)
+    assert os.path.isfile(join(out, "qc_evaluation.json"))  # a refused run changes nothing
+
+    # a new run with other inputs replaces the earlier run's cases, maps and evaluation
+    one_case = tmp_path / "one_case"
+    one_case.mkdir()
+    kept = cases["names"][1]
+    shutil.copy(join(cases["segs"], kept + ".nii.gz"), one_case)
+    table = other.predict_from_files(cases["images"], str(one_case), out).set_index("case")
+    assert sorted(table.index) == cases["names"]  # the others have images but no segmentation now
+    assert list(table.index[table["status"] == "ok"]) == [kept]
+    assert all("no segmentation" in table.loc[c, "status"] for c in cases["names"] if c != kept)
+    assert sorted(f for f in os.listdir(out) if f.endswith(".nii.gz")) == [kept + ".nii.gz"]
+    assert not os.path.exists(join(out, "qc_evaluation.json"))
+    assert load_json(join(out, "predict_settings.json"))["folds"] == [1]
+    summary = {c["case"]: c["status"] for c in load_json(join(out, "qc_summary.json"))["cases"]}
+    assert summary == table["status"].to_dict()
+
+
+def test_any_failure_skips_only_that_case_and_the_summary_is_written(pipeline_env, cases, tmp_path, monkeypatch):
+    predictor = nnQCPredictor(torch.device("cpu"), allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(model_folder(QC_ID, TRAINER, "nnQCPlans", "3d_fullres"), (0,))
+    first, second, third = cases["names"]
+    predict, restore = predictor.predict_preprocessed, predictor.restore_to_input_geometry
+    calls = {"predict": 0}
+
+    def failing_predict(data, candidate, window=None):
+        calls["predict"] += 1
+        if calls["predict"] == 1:  # the first case in order
+            raise MemoryError("out of memory on the first case")
+        return predict(data, candidate, window)
+
+    def failing_restore(label_map, properties):
+        if properties.get("_fail"):
+            raise OSError("No space left on device")
+        return restore(label_map, properties)
+
+    preprocess = predictor.preprocess_files
+
+    def marking_preprocess(case):
+        data, candidate, properties = preprocess(case)
+        return data, candidate, {**properties, "_fail": case.case == third}
+
+    monkeypatch.setattr(predictor, "predict_preprocessed", failing_predict)
+    monkeypatch.setattr(predictor, "restore_to_input_geometry", failing_restore)
+    monkeypatch.setattr(predictor, "preprocess_files", marking_preprocess)
+    out = str(tmp_path / "out")
+    table = predictor.predict_from_files(cases["images"], cases["segs"], out, num_threads_export=2)
+    status = table.set_index("case")["status"]
+    assert status[second] == "ok"
+    assert re.fullmatch(rf"skipped: {first} \(.*{first}\.nii\.gz\): prediction failed: MemoryError: out of "
+                        r"memory on the first case", status[first]), status[first]
+    assert re.fullmatch(rf"skipped: {third}: writing its results failed: OSError: No space left on device",
+                        status[third]), status[third]
+    assert sorted(f for f in os.listdir(out) if f.endswith(".nii.gz")) == [second + ".nii.gz"]
+    assert sorted(pd.read_csv(join(out, "qc_summary.csv"))["case"]) == cases["names"]
+
+
+def test_worker_failures_come_back_as_named_case_errors():
+    from nnqc.inference.predictor import CaseFiles, _preprocess_or_error
+
+    class Broken(nnQCPredictor):
+        def preprocess_files(self, case):
+            raise KeyError("spacing")
+
+    error = _preprocess_or_error(Broken(torch.device("cpu")), CaseFiles("c1", ["/in/c1_0000.nii.gz"],
+                                                                        "/in/seg/c1.nii.gz"))
+    assert isinstance(error, CaseError)
+    assert str(error) == "c1 (/in/seg/c1.nii.gz): preprocessing failed: KeyError: 'spacing'"
+
+
+def tree_hashes(*folders):
+    """sha256 of every file (and the names of every folder) under the folders: to prove inputs are not written."""
+    found = {}
+    for folder in folders:
+        for root, dirs, files in os.walk(folder):
+            found[root] = sorted(dirs)
+            for name in files:
+                with open(join(root, name), "rb") as f:
+                    found[join(root, name)] = hashlib.sha256(f.read()).hexdigest()
+    return found
+
+
+def test_bad_input_matrix(trained_pipeline, cases, tmp_path):
+    """Every kind of bad case is skipped with a reason naming it (and its file), the others are assessed, and
+    input folders stay byte-identical; bad output folders are refused for the whole run."""
     images, segs = tmp_path / "images", tmp_path / "segs"
     shutil.copytree(cases["images"], images)
     shutil.copytree(cases["segs"], segs)
@@ -156,40 +260,70 @@ def test_bad_input_cases_are_skipped_with_their_reason(trained_pipeline, cases, 
     src_seg = sitk.ReadImage(str(segs / f"{good}.nii.gz"))
     arr, seg_arr = sitk.GetArrayFromImage(src_img), sitk.GetArrayFromImage(src_seg)
 
-    def add_case(name, seg=None, channel_arrays=None, seg_spacing=None, skip_channel=None):
+    def add_case(name, seg=None, channel_arrays=None, skip_channel=None, **seg_geometry):
         for c in range(4):
             if c != skip_channel:
                 a = channel_arrays[c] if channel_arrays is not None else arr
                 write_like(a, src_img, str(images / f"{name}_{c:04d}.nii.gz"))
-        write_like(seg_arr if seg is None else seg, src_seg, str(segs / f"{name}.nii.gz"), seg_spacing)
+        write_like(seg_arr if seg is None else seg, src_seg, str(segs / f"{name}.nii.gz"), **seg_geometry)
 
     add_case("missing_channel", skip_channel=2)
-    add_case("geometry_mismatch", seg_spacing=(2.0, 1.0, 1.0))
+    add_case("spacing_mismatch", spacing=(2.0, 1.0, 1.0))
+    add_case("origin_mismatch", origin=(5.0, 0.0, 0.0))
+    add_case("direction_mismatch", direction=OBLIQUE)
     bad_labels = seg_arr.copy()
     bad_labels[0, 0, 0] = 7
     add_case("foreign_labels", seg=bad_labels)
+    float_labels = seg_arr.astype(np.float32)
+    float_labels[seg_arr == 1] = 1.5
+    add_case("float_labels", seg=float_labels)
+    add_case("empty", seg=np.zeros_like(seg_arr))
+    nan_image = arr.astype(np.float32)
+    nan_image[10:13, 10:13, 10:13] = np.nan
+    add_case("nan_image", channel_arrays=[arr, nan_image, arr, arr])
+    add_case("truncated")
+    with open(segs / "truncated.nii.gz", "rb") as f:
+        content = f.read()
+    with open(segs / "truncated.nii.gz", "wb") as f:
+        f.write(content[:2 * len(content) // 3])  # an interrupted copy
+    add_case("four_d")
+    four_d = sitk.JoinSeries([src_seg, src_seg])
+    sitk.WriteImage(four_d, str(segs / "four_d.nii.gz"), True)
     for c in range(4):  # a 2D image and segmentation
         sitk.WriteImage(sitk.GetImageFromArray(arr[20]), str(images / f"flat_{c:04d}.nii.gz"))
     sitk.WriteImage(sitk.GetImageFromArray(seg_arr[20]), str(segs / "flat.nii.gz"))
     shutil.copy(images / f"{good}_0000.nii.gz", images / "no_segmentation_0000.nii.gz")
-    before = snapshot(images), snapshot(segs)
+    shutil.copy(segs / f"{good}.nii.gz", segs / "no_images.nii.gz")
+    before = tree_hashes(images, segs)
 
     out = str(tmp_path / "out")
     result = run_predict(trained_pipeline.env(), "-i", str(images), "-s", str(segs), "-o", out, "-f", "0")
     assert result.returncode == 0, result.stderr
     table = pd.read_csv(join(out, "qc_summary.csv")).set_index("case")
     reasons = {
-        "missing_channel": "missing channel file", "geometry_mismatch": "geometry", "foreign_labels": "labels [7]",
-        "flat": "3D", "no_segmentation": "no segmentation"}
+        "missing_channel": r"missing channel file\(s\) missing_channel_0002\.nii\.gz",
+        "spacing_mismatch": r"spacing_mismatch\.nii\.gz does not share the image geometry \(spacing",
+        "origin_mismatch": r"origin_mismatch\.nii\.gz does not share the image geometry \(origin",
+        "direction_mismatch": r"direction_mismatch\.nii\.gz does not share the image geometry \(direction",
+        "foreign_labels": r"labels \[7\]", "float_labels": r"not labels",
+        "nan_image": r"nan_image_0001\.nii\.gz holds 27 NaN", "truncated": r"truncated\.nii\.gz is (truncated|corrupt)",
+        "four_d": r"four_d\.nii\.gz is a 4D image", "flat": r"flat(_0000)?\.nii\.gz is a 2D image",
+        "no_segmentation": "no segmentation no_segmentation.nii.gz", "no_images": "no images"}
     for case, reason in reasons.items():
-        assert table.loc[case, "status"].startswith("skipped") and reason in table.loc[case, "status"], case
-        assert case in result.stdout + result.stderr
+        status = table.loc[case, "status"]
+        assert status.startswith("skipped: ") and re.search(reason, status), (case, status)
+        assert "\n" not in status and ".cxx" not in status and "Traceback" not in status
+        assert f"skipping {case}:" in result.stdout
         assert not os.path.exists(join(out, case + ".nii.gz"))
-    assert (table.loc[cases["names"], "status"] == "ok").all()
+    assert (table.loc[[*cases["names"], "empty"], "status"] == "ok").all()
+    assert os.path.exists(join(out, "empty.nii.gz"))
     assert list(table.index[-len(reasons):]) == sorted(reasons)  # skipped cases listed last
-    assert (snapshot(images), snapshot(segs)) == before
+    assert tree_hashes(images, segs) == before
 
-    for bad_output in (str(images), str(segs), str(images / "sub")):
+    link = tmp_path / "link_to_images"
+    link.symlink_to(images, target_is_directory=True)
+    for bad_output in (str(images), str(segs), str(images / "sub"), str(tmp_path), str(link)):
         result = run_predict(trained_pipeline.env(), "-i", str(images), "-s", str(segs), "-o", bad_output)
-        assert result.returncode != 0 and "must not be" in result.stderr
-    assert (snapshot(images), snapshot(segs)) == before
+        assert result.returncode != 0 and "must not be" in result.stderr, bad_output
+        assert "Traceback" not in result.stderr
+    assert tree_hashes(images, segs) == before

@@ -131,16 +131,48 @@ def test_evaluation_refreshes_the_report(tmp_path):
             assert base64.b64encode(f.read()).decode() in page
 
 
+def mark_partial_view(folders: dict, case: str, outside: float) -> None:
+    path = os.path.join(folders["out"], "qc_summary.csv")
+    table = pd.read_csv(path)
+    table["partial_view"] = table["case"] == case
+    table["foreground_outside_view"] = np.where(table["case"] == case, outside, 0.0)
+    table.to_csv(path, index=False)
+
+
+def test_partial_view_cases_are_marked(tmp_path):
+    folders = make_prediction_output(tmp_path)
+    mark_partial_view(folders, "shifted", 0.125)
+    with open(write_report(folders["out"]), encoding="utf-8") as f:
+        page = f.read()
+    assert page.count("PARTIAL VIEW") == 2  # in the table and on the card of that one case
+    assert "12.5 % of the segmentation's foreground" in page
+    card = page[page.index("shifted <span"):]
+    assert card.index("PARTIAL VIEW") < card.index("</div>")
+    assert "<b>1</b>partial view" in page
+
+
+def colour_present(pixels: np.ndarray, hex_colour: str, min_pixels: int = 20) -> bool:
+    rgb = np.array([int(hex_colour[i:i + 2], 16) for i in (1, 3, 5)])
+    as_bytes = np.round(pixels[..., :3] * 255).astype(int)
+    return int(np.all(np.abs(as_bytes - rgb) <= 2, axis=-1).sum()) >= min_pixels
+
+
 @pytest.mark.skipif(not os.path.exists(CHROMIUM), reason=f"{CHROMIUM} is not installed")
 def test_renders_in_headless_chromium(tmp_path):
     folders = make_prediction_output(tmp_path)
+    mark_partial_view(folders, "shifted", 0.125)
     evaluate_predictions(folders["out"], folders["refs"], verbose=False)
     report = write_report(folders["out"])
     profile, shot = tmp_path / "profile", tmp_path / "shot.png"
-    subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
-                    "--disable-background-networking", "--disable-component-update", "--disable-sync",
-                    f"--user-data-dir={profile}", f"--screenshot={shot}", "--window-size=1200,1600",
-                    f"file://{report}"], capture_output=True, timeout=60)
+    done = subprocess.run([CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic",
+                           "--no-first-run", "--disable-background-networking", "--disable-component-update",
+                           "--disable-sync", f"--user-data-dir={profile}", f"--screenshot={shot}",
+                           "--window-size=1200,1600", f"file://{report}"], capture_output=True, timeout=60)
+    assert done.returncode == 0, done.stderr.decode(errors="replace")[-2000:]
     assert shot.is_file()
     pixels = imread(str(shot))
-    assert pixels.shape[1] == 1200 and float(pixels[..., :3].var()) > 1e-3
+    assert pixels.shape[1] == 1200
+    # the page itself, not Chromium's error page: the badges' known colours (FLAGGED, ok, PARTIAL VIEW) and the
+    # flagged rows' background are on screen
+    for colour in ("#c62828", "#e3f1e4", "#ef6c00", "#fdecea"):
+        assert colour_present(pixels, colour), colour

@@ -16,6 +16,7 @@ import pandas as pd
 import SimpleITK as sitk
 
 from nnqc.atomic_files import write_bytes_atomically, write_text_atomically
+from nnqc.error_messages import one_line
 from nnqc.evaluation.plots import scatter_png
 from nnqc.evaluation.qc_metrics import regression_summary, sem_dice_summary
 from nnqc.evaluation.report import (
@@ -26,53 +27,55 @@ from nnqc.evaluation.report import (
     read_prediction_output,
     write_report,
 )
+from nnqc.geometry import image_mismatch
+from nnqc.input_files import InputFileError, check_input_file
 from nnqc.metrics import binary_dice, get_regions, nsd_tolerance_mm, quality_targets, segmentation_error_maps
+from nnqc.metrics.regions import allowed_labels
 from nnqc.metrics.sem import decode_sem_bits
 from nnqc.sampling import balanced_subset
 
-# geometry tolerances as nnQC's preprocessing applies them between a candidate and its subject
-_SPACING_RTOL, _SPACING_ATOL, _POSITION_ATOL = 1e-4, 1e-6, 1e-3
 
-
-def image_geometry_mismatch(a: sitk.Image, b: sitk.Image) -> str | None:
-    """Why two images do not share one voxel grid, or None when they do."""
-    if a.GetSize() != b.GetSize():
-        return f"size {a.GetSize()} != {b.GetSize()}"
-    if not np.allclose(a.GetSpacing(), b.GetSpacing(), rtol=_SPACING_RTOL, atol=_SPACING_ATOL):
-        return f"spacing {a.GetSpacing()} != {b.GetSpacing()}"
-    for what in ("Origin", "Direction"):
-        va, vb = getattr(a, f"Get{what}")(), getattr(b, f"Get{what}")()
-        if not np.allclose(va, vb, rtol=0, atol=_POSITION_ATOL):
-            return f"{what.lower()} {va} != {vb}"
-    return None
-
-
-def _read_label_image(path: str, case: str, what: str) -> tuple[sitk.Image, np.ndarray]:
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f"case {case}: the {what} {path} does not exist")
+def _read_label_image(path: str, case: str, what: str, labels: Sequence[int] | None = None
+                      ) -> tuple[sitk.Image, np.ndarray]:
+    """A 3D integer label map, checked first for what SimpleITK lets through (truncated files, 2D/4D, NaN);
+    with `labels`, every value must be one of them."""
+    try:
+        check_input_file(path)
+    except InputFileError as e:
+        raise ValueError(f"case {case}: the {what} {e}") from None
     try:
         image = sitk.ReadImage(path)
     except RuntimeError as e:
-        raise ValueError(f"case {case}: cannot read the {what} {path}: {e}") from e
+        raise ValueError(f"case {case}: cannot read the {what} {path}: {one_line(e)}") from None
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise ValueError(f"case {case}: the {what} {path} is not a scalar label map")
     array = sitk.GetArrayFromImage(image)
+    if array.ndim != 3:
+        raise ValueError(f"case {case}: the {what} {path} is a {array.ndim}D image, not a 3D volume")
     if not np.issubdtype(array.dtype, np.integer):
         if not np.array_equal(array, np.round(array)):
             raise ValueError(f"case {case}: the {what} {path} holds non-integer values")
         array = array.astype(np.int32)
+    if labels is not None:
+        invalid = sorted(set(np.unique(array).tolist()) - set(labels))
+        if invalid:
+            raise ValueError(f"case {case}: the {what} {path} holds labels {invalid}; dataset.json allows "
+                             f"{list(labels)}")
     return image, array
 
 
 def evaluate_case(case: str, reference_file: str, segmentation_file: str, error_map_file: str | None,
-                  regions: Sequence[Sequence[int]], tolerance_mm: float) -> dict:
+                  regions: Sequence[Sequence[int]], tolerance_mm: float, labels: Sequence[int] | None = None
+                  ) -> dict:
     """True DSC and NSD of one assessed segmentation, and DSC_SEM per region when a predicted map exists.
 
-    Returns {"case", "true_dsc", "true_nsd", "dsc_sem": (C,) float64, NaN without a map}.
+    labels: the values dataset.json allows in the reference and the segmentation (e.g. a BraTS reference still
+    using label 4 is refused rather than scored). Returns {"case", "true_dsc", "true_nsd", "dsc_sem": (C,)
+    float64, NaN without a map}.
     """
-    reference_image, reference = _read_label_image(reference_file, case, "reference")
-    segmentation_image, segmentation = _read_label_image(segmentation_file, case, "assessed segmentation")
-    mismatch = image_geometry_mismatch(reference_image, segmentation_image)
+    reference_image, reference = _read_label_image(reference_file, case, "reference", labels)
+    segmentation_image, segmentation = _read_label_image(segmentation_file, case, "assessed segmentation", labels)
+    mismatch = image_mismatch(reference_image, segmentation_image)
     if mismatch:
         raise ValueError(f"case {case}: the reference {reference_file} and the assessed segmentation "
                          f"{segmentation_file} do not share one geometry ({mismatch})")
@@ -81,7 +84,7 @@ def evaluate_case(case: str, reference_file: str, segmentation_file: str, error_
     dsc_sem = np.full(len(regions), np.nan)
     if error_map_file is not None:
         map_image, error_map = _read_label_image(error_map_file, case, "predicted error map")
-        mismatch = image_geometry_mismatch(map_image, segmentation_image)
+        mismatch = image_mismatch(map_image, segmentation_image)
         if mismatch:
             raise ValueError(f"case {case}: the predicted error map {error_map_file} does not share the "
                              f"segmentation's geometry ({mismatch})")
@@ -92,6 +95,18 @@ def evaluate_case(case: str, reference_file: str, segmentation_file: str, error_
         true = segmentation_error_maps(reference, segmentation, regions)
         dsc_sem = np.array([binary_dice(p, t) for p, t in zip(predicted, true)], dtype=np.float64)
     return {"case": case, "true_dsc": targets["dsc"], "true_nsd": targets["nsd"], "dsc_sem": dsc_sem}
+
+
+def _evaluate_or_reason(*job) -> dict:
+    """evaluate_case, or {"case", "reason"} when the case cannot be evaluated, whatever the failure."""
+    case, reference_file = job[0], job[1]
+    try:
+        return evaluate_case(*job)
+    except ValueError as e:
+        return {"case": case, "reason": one_line(e)}
+    except Exception as e:
+        return {"case": case, "reason": f"case {case} ({reference_file}): evaluation failed: "
+                                        f"{one_line(e, with_type=True)}"}
 
 
 def _inside(path: str, folder: str) -> bool:
@@ -168,6 +183,7 @@ def evaluate_predictions(output_folder: str, reference_folder: str, dataset_json
                          f"predictions in {output_folder} were made for "
                          f"{dict(zip(settings['region_names'], map(tuple, settings['regions'])))}")
     tolerance = nsd_tolerance_mm(dataset_json)
+    labels = allowed_labels(dataset_json)
     ending = settings["file_ending"]
     segmentations_folder = settings.get("segmentations_folder", "")
     if not os.path.isdir(segmentations_folder):
@@ -185,12 +201,17 @@ def evaluate_predictions(output_folder: str, reference_folder: str, dataset_json
         else:
             error_map_file = os.path.join(output_folder, case + ending)
             jobs.append((case, reference_file, os.path.join(segmentations_folder, case + ending),
-                         error_map_file if os.path.isfile(error_map_file) else None, regions, tolerance))
+                         error_map_file if os.path.isfile(error_map_file) else None, regions, tolerance, labels))
     if num_processes > 1 and len(jobs) > 1:
         with multiprocessing.get_context("spawn").Pool(min(num_processes, len(jobs))) as pool:
-            results = pool.starmap(evaluate_case, jobs)
+            results = pool.starmap(_evaluate_or_reason, jobs)
     else:
-        results = [evaluate_case(*job) for job in jobs]
+        results = [_evaluate_or_reason(*job) for job in jobs]
+    for r in results:
+        if "reason" in r:
+            print(f"WARNING: not evaluating {r['case']}: {r['reason']}")
+            not_evaluated.append({"case": r["case"], "reason": r["reason"]})
+    results = [r for r in results if "reason" not in r]
 
     predicted = table.set_index("case")
     rows = []

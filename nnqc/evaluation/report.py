@@ -129,6 +129,7 @@ th { background: #f3f3f3; } td.case { text-align: left; }
 tr.flagged td { background: #fdecea; }
 .badge { display: inline-block; padding: 0.05em 0.5em; border-radius: 4px; font-weight: bold; font-size: 0.85em; }
 .badge.flag { background: #c62828; color: #fff; } .badge.ok { background: #e3f1e4; color: #1b5e20; }
+.badge.partial { background: #ef6c00; color: #fff; }
 .cards { display: flex; flex-wrap: wrap; gap: 1em; }
 .card { border: 1px solid #ccc; border-radius: 6px; padding: 0.6em; width: 410px; }
 .card.flagged { border: 3px solid #c62828; }
@@ -157,6 +158,27 @@ def _data_uri(png: bytes) -> str:
 
 def _flag_badge(flagged: bool) -> str:
     return '<span class="badge flag">FLAGGED</span>' if flagged else '<span class="badge ok">ok</span>'
+
+
+def _partial_view(row) -> bool:
+    return "partial_view" in row and is_true(row["partial_view"])
+
+
+def _partial_badge(row) -> str:
+    """The mark of a case the network saw only in part (larger than its input, or foreground outside the
+    images' non-zero box); empty for others and for summaries written before the column existed."""
+    if not _partial_view(row):
+        return ""
+    return ' <span class="badge partial">PARTIAL VIEW</span>'
+
+
+def _partial_note(row) -> str:
+    if not _partial_view(row):
+        return ""
+    share = _number(100 * float(row.get("foreground_outside_view", float("nan"))), 1)
+    return (f"<div class='note'>Partial view: {share or '?'} % of the segmentation's foreground lay outside what "
+            f"the network saw; DSC and NSD are predicted from the visible part, the error map is empty outside "
+            f"it.</div>")
 
 
 def _read_evaluation(output_folder: str) -> tuple[dict | None, pd.DataFrame | None]:
@@ -215,6 +237,7 @@ def write_report(output_folder: str, max_previews: int | None = DEFAULT_MAX_PREV
     figures, evaluation = _read_evaluation(output_folder)
     flag_below = settings.get("flag_below")
     n_flagged = int(assessed["flagged"].sum())
+    n_partial = int(sum(_partial_view(row) for _, row in assessed.iterrows()))
     e = html.escape
 
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -228,6 +251,7 @@ def write_report(output_folder: str, max_previews: int | None = DEFAULT_MAX_PREV
              f"<div class='stat'><b>{len(assessed)}</b>case(s) assessed</div>",
              f"<div class='stat{' alert' if n_flagged else ''}'><b>{n_flagged}</b>flagged</div>",
              f"<div class='stat'><b>{len(skipped)}</b>skipped</div>",
+             f"<div class='stat{' alert' if n_partial else ''}'><b>{n_partial}</b>partial view</div>",
              f"<div class='stat'><b>{_number(flag_below, 2) or 'n/a'}</b>flag threshold (predicted DSC)</div>",
              "</div>",
              "<h2>What the numbers mean</h2>",
@@ -239,9 +263,11 @@ def write_report(output_folder: str, max_previews: int | None = DEFAULT_MAX_PREV
              "ensembled models; a large spread means they disagree and the estimate is less certain. A case is "
              f"<b>flagged</b> when its predicted DSC is below {_number(flag_below, 2) or 'the threshold'}: review "
              "it before use. <b>Error volume</b> is the volume (mL) the model predicts to be wrongly segmented, per "
-             "region. The pictures show, per case, the axial slice with the most predicted error: the first image "
-             "channel in grey, the segmentation's outline per region, and the predicted error in translucent "
-             "red.</p>",
+             "region. A <b>partial view</b> case was larger than the network's fixed input, or part of its "
+             "segmentation lay outside the images' non-zero region: the network saw a window centred on the "
+             "segmentation's foreground, and the share of the foreground it did not see is given. The pictures show, "
+             "per case, the axial slice with the most predicted error: the first image channel in grey, the "
+             "segmentation's outline per region, and the predicted error in translucent red.</p>",
              "<h2>Cases, worst first</h2>"]
     if len(assessed):
         has_truth = evaluation is not None
@@ -253,7 +279,8 @@ def write_report(output_folder: str, max_previews: int | None = DEFAULT_MAX_PREV
         for rank, row in assessed.iterrows():
             cells = [str(rank + 1), f"<a href='#case-{rank + 1}'>{e(row['case'])}</a>",
                      _with_sd(row["predicted_dsc"], row.get("predicted_dsc_sd")),
-                     _with_sd(row["predicted_nsd"], row.get("predicted_nsd_sd")), _flag_badge(row["flagged"]),
+                     _with_sd(row["predicted_nsd"], row.get("predicted_nsd_sd")),
+                     _flag_badge(row["flagged"]) + _partial_badge(row),
                      *[_number(row.get(SEM_VOLUME_PREFIX + name), 2) for name in region_names]]
             if has_truth:
                 truth = evaluation.loc[row["case"]] if row["case"] in evaluation.index else {}
@@ -266,9 +293,10 @@ def write_report(output_folder: str, max_previews: int | None = DEFAULT_MAX_PREV
         for rank, row in assessed.iterrows():
             css = " flagged" if row["flagged"] else ""
             parts.append(f"<div class='card{css}' id='case-{rank + 1}'><h3>{rank + 1}. {e(row['case'])} "
-                         f"{_flag_badge(row['flagged'])}</h3>"
+                         f"{_flag_badge(row['flagged'])}{_partial_badge(row)}</h3>"
                          f"<div>DSC {_with_sd(row['predicted_dsc'], row.get('predicted_dsc_sd'))}, "
-                         f"NSD {_with_sd(row['predicted_nsd'], row.get('predicted_nsd_sd'))}</div>")
+                         f"NSD {_with_sd(row['predicted_nsd'], row.get('predicted_nsd_sd'))}</div>"
+                         f"{_partial_note(row)}")
             if max_previews is None or rank < max_previews:
                 try:
                     png = preview(row["case"], settings, output_folder)

@@ -12,6 +12,7 @@ import multiprocessing
 import os
 from collections import deque
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
 from contextlib import ExitStack
 from dataclasses import dataclass
 
@@ -25,16 +26,32 @@ from tqdm import tqdm
 
 from nnqc.atomic_files import replace_atomically, write_text_atomically
 from nnqc.inference.input_folder import check_input_folders
+from nnqc.error_messages import one_line
+from nnqc.evaluation.report import EVALUATION_CSV, EVALUATION_JSON, REPORT_HTML, SCATTER_PNGS
+from nnqc.geometry import properties_mismatch
+from nnqc.input_files import InputFileError, check_input_file
 from nnqc.metrics.regions import allowed_labels, get_regions, nsd_tolerance_mm
 from nnqc.metrics.sem import decode_sem_bits, encode_sem_bits
-from nnqc.preprocessing.preprocessor import QCDatasetError, geometry_mismatch, nnQCPlansManager, nnQCPreprocessor
+from nnqc.preprocessing.cropping import (
+    Window,
+    crop_or_pad_to_window,
+    foreground_window,
+    undo_crop_or_pad_to_window,
+    window_covers,
+)
+from nnqc.preprocessing.preprocessor import QCDatasetError, nnQCPlansManager, nnQCPreprocessor
 from nnqc.trainer_lookup import get_trainer_class
-from nnqc.training.data_loader import centre_crop_or_pad, undo_centre_crop_or_pad
 from nnqc.training.qc_inputs import network_input
 
 SUMMARY_CSV, SUMMARY_JSON, SETTINGS_JSON = "qc_summary.csv", "qc_summary.json", "predict_settings.json"
 CASE_RESULTS_FOLDER = "qc_cases"
 DEFAULT_FLAG_BELOW = 0.7
+# what a run's results depend on: --continue_prediction must use the same, and -num_parts runs merge only when
+# their settings (and number of parts) agree
+CONTRACT_SETTINGS = ("images_folder", "segmentations_folder", "model_folder", "dataset", "trainer", "plans",
+                     "configuration", "folds", "checkpoint", "flag_below", "maps_written")
+# the outputs of nnQC_evaluate and the report describe one set of predictions: a run that changes it removes them
+EVALUATION_OUTPUTS = (EVALUATION_CSV, EVALUATION_JSON, *SCATTER_PNGS.values(), REPORT_HTML)
 
 
 class CaseError(RuntimeError):
@@ -88,7 +105,7 @@ class nnQCPredictor:
         self.device, self.verbose, self.allow_tqdm = device, verbose, allow_tqdm
         self.network = self.fold_weights = self.plans_manager = self.configuration_manager = None
         self.dataset_json = self.regions = self.region_names = None
-        self.trainer_name = self.configuration_name = None
+        self.trainer_name = self.configuration_name = self.model_folder = self.checkpoint_name = None
         self.folds: list = []
         self.preprocessor = nnQCPreprocessor(verbose=verbose)
 
@@ -104,6 +121,7 @@ class nnQCPredictor:
             if not use_folds:
                 raise FileNotFoundError(f"no fold_X/{checkpoint_name} in {model_training_output_dir}")
         self.folds = [f if f == "all" else int(f) for f in use_folds]
+        self.model_folder, self.checkpoint_name = os.path.abspath(model_training_output_dir), checkpoint_name
         self.dataset_json = load_json(join(model_training_output_dir, "dataset.json"))
         self.plans_manager = nnQCPlansManager(load_json(join(model_training_output_dir, "plans.json")))
         self.region_names, self.regions = get_regions(self.dataset_json)
@@ -125,7 +143,11 @@ class nnQCPredictor:
     def preprocess_arrays(self, images: np.ndarray, segmentation: np.ndarray, properties: dict, name: str = "case"
                           ) -> tuple[np.ndarray, np.ndarray, dict]:
         """images (M, *S) and segmentation (1, *S) as nnU-Net's readers return them, with their properties
-        ("spacing" at least) -> preprocessed images, candidate and the properties needed to export."""
+        ("spacing" at least) -> preprocessed images, candidate and the properties needed to export.
+
+        The properties also say what the network will see (see `network_view`): "nnqc_window",
+        "foreground_outside_view" and "partial_view".
+        """
         if images.ndim != 4 or segmentation.ndim != 4:
             raise CaseError(f"{name}: expected 3D images and segmentation, got shapes {images.shape[1:]} and "
                             f"{segmentation.shape[1:]}")
@@ -146,31 +168,66 @@ class nnQCPredictor:
                 allowed_labels(self.dataset_json), name)
         except QCDatasetError as e:
             raise CaseError(str(e)) from e
+        properties.update(self.network_view(segmentation, candidate, properties))
         return data, candidate, properties
 
+    def network_view(self, segmentation: np.ndarray, candidate: np.ndarray, properties: dict) -> dict:
+        """The window the network sees of a preprocessed case, and the fraction of the segmentation's foreground
+        (input voxels) outside it: cut by the crop to the images' non-zero box or outside the window.
+
+        A case larger than the fixed input gets the window centred on the candidate's foreground (see
+        nnqc.preprocessing.cropping.foreground_window). An input voxel counts as seen when its centre falls inside
+        the window mapped back through the resampling.
+        """
+        window = foreground_window(candidate[0] != 0, self.configuration_manager.patch_size)
+        transposed = segmentation[0].transpose(self.plans_manager.transpose_forward) != 0
+        total = int(np.count_nonzero(transposed))
+        cropped = transposed[bounding_box_to_slice(properties["bbox_used_for_cropping"])]
+        seen = []
+        for (lo, hi), n_input, n_preprocessed in zip(window, cropped.shape, candidate.shape[1:]):
+            factor = n_input / n_preprocessed
+            start, stop = (int(np.clip(np.ceil(v * factor - 0.5), 0, n_input)) for v in (lo, hi))
+            seen.append(slice(start, stop))
+        inside = int(np.count_nonzero(cropped[tuple(seen)]))
+        outside = 1 - inside / total if total else 0.0
+        return {"nnqc_window": window, "foreground_outside_view": float(outside),
+                "partial_view": bool(outside > 0 or not window_covers(window, candidate.shape[1:]))}
+
     def preprocess_files(self, case: CaseFiles) -> tuple[np.ndarray, np.ndarray, dict]:
+        try:  # SimpleITK reads truncated files and NaN without complaint, and 2D/4D files as something else
+            for file in (case.segmentation, *case.images):
+                check_input_file(file)
+        except InputFileError as e:
+            raise CaseError(f"{case.case}: {e}") from None
         rw = self.plans_manager.image_reader_writer_class()
         try:
             images, properties = rw.read_images(case.images)
             segmentation, seg_properties = rw.read_seg(case.segmentation)
         except Exception as e:  # nnU-Net's readers raise plain errors on unreadable or inconsistent files
-            raise CaseError(f"{case.case}: cannot read its files: {type(e).__name__}: {e}") from e
-        if images.ndim != 4 or len(properties["spacing"]) != 3 or (
-                "sitk_stuff" in properties and len(properties["sitk_stuff"]["spacing"]) != 3):
+            raise CaseError(f"{case.case}: cannot read its files ({case.segmentation}, {case.images[0]}, ...): "
+                            f"{one_line(e, with_type=True)}") from None
+        if images.ndim != 4 or len(properties["spacing"]) != 3:
             raise CaseError(f"{case.case}: {case.images[0]} is not a 3D image")
-        mismatch = geometry_mismatch(seg_properties, properties)
-        if segmentation.shape[1:] != images.shape[1:] or mismatch:
-            raise CaseError(f"{case.case}: the segmentation {case.segmentation} does not share the image geometry"
-                            f" ({mismatch or f'shape {segmentation.shape[1:]} != {images.shape[1:]}'})")
+        if segmentation.shape[1:] != images.shape[1:]:
+            raise CaseError(f"{case.case}: the segmentation {case.segmentation} does not share the image geometry "
+                            f"(shape {segmentation.shape[1:]} != {images.shape[1:]})")
+        mismatch = properties_mismatch(seg_properties, properties)
+        if mismatch:
+            raise CaseError(f"{case.case}: the segmentation {case.segmentation} does not share the image geometry "
+                            f"({mismatch})")
         return self.preprocess_arrays(images, segmentation, properties, case.case)
 
     # ---- prediction ---------------------------------------------------------------------------------------------
     @torch.inference_mode()
-    def predict_preprocessed(self, data: np.ndarray, candidate: np.ndarray) -> dict:
-        """Ensemble over the loaded folds in preprocessed space: per-fold DSC/NSD and majority-voted SEMs."""
-        patch = self.configuration_manager.patch_size
-        images = torch.from_numpy(centre_crop_or_pad(data.astype(np.float32, copy=False), patch))[None]
-        labels = torch.from_numpy(centre_crop_or_pad(candidate.astype(np.int16), patch))[None]
+    def predict_preprocessed(self, data: np.ndarray, candidate: np.ndarray, window: Window | None = None) -> dict:
+        """Ensemble over the loaded folds in preprocessed space: per-fold DSC/NSD and majority-voted SEMs.
+
+        window: the part of the case the network sees (default: as network_view chooses it); the SEMs come back
+        in the whole preprocessed case, zero outside the window."""
+        if window is None:
+            window = foreground_window(candidate[0] != 0, self.configuration_manager.patch_size)
+        images = torch.from_numpy(crop_or_pad_to_window(data.astype(np.float32, copy=False), window))[None]
+        labels = torch.from_numpy(crop_or_pad_to_window(candidate.astype(np.int16), window))[None]
         x = network_input(images, labels, self.regions).to(self.device)
         regression, votes = [], None
         for weights in self.fold_weights:
@@ -185,7 +242,8 @@ class nnQCPredictor:
                 votes = wrong if votes is None else votes + wrong
         sem = None
         if votes is not None:  # strict majority: a tie between an even number of folds is not an error
-            sem = undo_centre_crop_or_pad((votes * 2 > len(self.fold_weights)).cpu().numpy(), data.shape[1:])
+            sem = undo_crop_or_pad_to_window((votes * 2 > len(self.fold_weights)).cpu().numpy(), data.shape[1:],
+                                             window)
         regression = np.array(regression) if regression else np.full((1, 2), np.nan)
         return {"dsc_per_fold": regression[:, 0], "nsd_per_fold": regression[:, 1], "sem": sem}
 
@@ -202,16 +260,18 @@ class nnQCPredictor:
     def predict_from_arrays(self, images: np.ndarray, segmentation: np.ndarray, properties: dict) -> dict:
         """Quality of one case from numpy arrays (M, *S) and (1, *S) with nnU-Net-style properties.
 
-        Returns predicted dsc, dsc_sd, nsd, nsd_sd, and sem: (C, *S) bool in the input's grid (None for
-        networks without SEMs).
+        Returns predicted dsc, dsc_sd, nsd, nsd_sd, sem: (C, *S) bool in the input's grid (None for networks
+        without SEMs), and what the network saw: foreground_outside_view (fraction of the segmentation's
+        foreground it did not see) and partial_view (it saw less than the whole case).
         """
         data, candidate, properties = self.preprocess_arrays(images, segmentation, properties)
-        result = self.predict_preprocessed(data, candidate)
+        result = self.predict_preprocessed(data, candidate, properties["nnqc_window"])
         sem = result["sem"]
         if sem is not None:
             bits = self.restore_to_input_geometry(encode_sem_bits(sem), properties)
             sem = decode_sem_bits(bits, len(self.regions))
-        return {**self._ensemble(result), "sem": sem}
+        return {**self._ensemble(result), "sem": sem, "partial_view": properties["partial_view"],
+                "foreground_outside_view": properties["foreground_outside_view"]}
 
     @staticmethod
     def _ensemble(result: dict) -> dict:
@@ -222,20 +282,35 @@ class nnQCPredictor:
     def _finish_case(self, case: str, result: dict, properties: dict, output_folder: str, save_maps: bool,
                      flag_below: float) -> None:
         """Summary row, SEM volumes and the SEM map in the input geometry; the row is written last, so a case
-        counts as done only once its map is in place."""
-        row = {"case": case, **{f"predicted_{k}": v for k, v in self._ensemble(result).items()}}
-        row["flagged"] = bool(row["predicted_dsc"] < flag_below) if np.isfinite(row["predicted_dsc"]) else False
-        if result["sem"] is not None:
-            bits = self.restore_to_input_geometry(encode_sem_bits(result["sem"]), properties)
-            voxel_ml = float(np.prod(properties["spacing"])) / 1000
-            for c, name in enumerate(self.region_names):
-                row[f"sem_volume_ml_{name}"] = float(((bits >> c) & 1).sum() * voxel_ml)
-            if save_maps:
-                rw = self.plans_manager.image_reader_writer_class()
-                replace_atomically(join(output_folder, case + self.dataset_json["file_ending"]),
-                                   lambda p: rw.write_seg(bits, p, properties))
-        row["status"] = "ok"
+        counts as done only once its map is in place. Any failure skips the case with its reason."""
+        try:
+            row = {"case": case, **{f"predicted_{k}": v for k, v in self._ensemble(result).items()}}
+            row["flagged"] = bool(row["predicted_dsc"] < flag_below) if np.isfinite(row["predicted_dsc"]) else False
+            row["partial_view"] = properties["partial_view"]
+            row["foreground_outside_view"] = properties["foreground_outside_view"]
+            if result["sem"] is not None:
+                bits = self.restore_to_input_geometry(encode_sem_bits(result["sem"]), properties)
+                voxel_ml = float(np.prod(properties["spacing"])) / 1000
+                for c, name in enumerate(self.region_names):
+                    row[f"sem_volume_ml_{name}"] = float(((bits >> c) & 1).sum() * voxel_ml)
+                if save_maps:
+                    rw = self.plans_manager.image_reader_writer_class()
+                    replace_atomically(self._map_file(output_folder, case),
+                                       lambda p: rw.write_seg(bits, p, properties))
+            row["status"] = "ok"
+        except Exception as e:
+            self._skip(output_folder, case, f"{case}: writing its results failed: {one_line(e, with_type=True)}")
+            return
         self._write_case_result(output_folder, row)
+
+    def _map_file(self, output_folder: str, case: str) -> str:
+        return join(output_folder, case + self.dataset_json["file_ending"])
+
+    def _skip(self, output_folder: str, case: str, reason: str) -> None:
+        """List the case as skipped with its reason; an error map of an earlier run of it goes."""
+        if isfile(self._map_file(output_folder, case)):
+            os.remove(self._map_file(output_folder, case))
+        self._write_case_result(output_folder, {"case": case, "status": f"skipped: {reason}"})
 
     @staticmethod
     def _write_case_result(output_folder: str, row: dict) -> None:
@@ -243,14 +318,30 @@ class nnQCPredictor:
             print(f"WARNING: skipping {row['case']}: {row['status'][len('skipped: '):]}")
         write_text_atomically(join(output_folder, CASE_RESULTS_FOLDER, row["case"] + ".json"), json.dumps(row))
 
+    @staticmethod
+    def _say_partial_view(case: str, properties: dict, data_shape) -> None:
+        if not properties["partial_view"]:
+            return
+        patch = tuple(int(hi - lo) for lo, hi in properties["nnqc_window"])
+        larger = any(s > p for s, p in zip(data_shape, patch))
+        print(f"NOTE: {case}: "
+              + (f"larger than the network's input ({'x'.join(map(str, data_shape))} > {'x'.join(map(str, patch))} "
+                 f"voxels after preprocessing): the window is centred on the segmentation's foreground; "
+                 if larger else "")
+              + f"{100 * properties['foreground_outside_view']:.1f} % of the segmentation's foreground lies outside "
+                f"the network's view (outside the images' non-zero box or the window): DSC/NSD are predicted from "
+                f"the part it sees, the error map is empty outside it (partial_view in the summary)")
+
     def predict_from_files(self, images_folder: str, segmentations_folder: str, output_folder: str,
                            save_maps: bool = True, flag_below: float = DEFAULT_FLAG_BELOW, num_parts: int = 1,
                            part_id: int = 0, continue_prediction: bool = False,
                            num_processes_preprocessing: int = 0, num_threads_export: int = 1) -> pd.DataFrame:
         """Assess every case of SEGMENTATIONS (CASE + file ending) with its images (CASE_XXXX + file ending).
 
-        Per-case problems skip the case and list it with the reason; results per case are kept in
-        OUT/qc_cases/ so that --continue_prediction and -num_parts/-part_id runs merge into one summary.
+        Every per-case problem, of any kind, skips the case and lists it with the reason; the summary is always
+        written. Results per case are kept in OUT/qc_cases/ so that --continue_prediction (with the same settings
+        only) and -num_parts/-part_id runs merge into one summary; any other run into a used OUT replaces its
+        results, so the summary holds exactly this run's cases.
         With num_processes_preprocessing > 0, cases are read and preprocessed ahead in worker processes while
         the network runs; num_threads_export > 1 restores and writes maps in background threads.
         """
@@ -266,14 +357,30 @@ class nnQCPredictor:
                                      len(self.dataset_json["channel_names"]))
         if not cases and not problems:
             raise FileNotFoundError(f"no segmentation ({file_ending}) in {segmentations_folder}")
-        os.makedirs(join(output_folder, CASE_RESULTS_FOLDER), exist_ok=True)
-        self._write_settings(output_folder, images_folder, segmentations_folder, save_maps, flag_below)
+        settings = self._settings(images_folder, segmentations_folder, save_maps, flag_below, num_parts)
+        self._prepare_output_folder(output_folder, settings, {c.case for c in cases} | set(problems),
+                                    continue_prediction)
         for case in sorted(problems)[part_id::num_parts]:
-            self._write_case_result(output_folder, {"case": case, "status": f"skipped: {problems[case]}"})
-        todo = [c for c in cases[part_id::num_parts] if not (
-            continue_prediction and isfile(join(output_folder, CASE_RESULTS_FOLDER, c.case + ".json"))
-            and (not save_maps or isfile(join(output_folder, c.case + file_ending))))]
+            self._skip(output_folder, case, problems[case])
+        todo = [c for c in cases[part_id::num_parts]
+                if not (continue_prediction and self._is_done(output_folder, c.case, save_maps))]
+        try:
+            self._predict_cases(todo, output_folder, save_maps, flag_below, num_processes_preprocessing,
+                                num_threads_export)
+        finally:  # also after an error no case caught (e.g. interrupted): the summary holds what is done
+            table = self.write_summary(output_folder)
+        return table
 
+    def _is_done(self, output_folder: str, case: str, save_maps: bool) -> bool:
+        """An earlier run of the same settings assessed the case (skipped cases are tried again)."""
+        file = join(output_folder, CASE_RESULTS_FOLDER, case + ".json")
+        if not isfile(file) or (save_maps and not isfile(self._map_file(output_folder, case))):
+            return False
+        with open(file) as f:
+            return json.load(f).get("status") == "ok"
+
+    def _predict_cases(self, todo: list[CaseFiles], output_folder: str, save_maps: bool, flag_below: float,
+                       num_processes_preprocessing: int, num_threads_export: int) -> None:
         with ExitStack() as stack:
             preprocessing = stack.enter_context(ProcessPoolExecutor(
                 num_processes_preprocessing, mp_context=multiprocessing.get_context("spawn"),
@@ -288,17 +395,30 @@ class nnQCPredictor:
             for i, case in enumerate(tqdm(todo, desc="nnQC predict", disable=not self.allow_tqdm)):
                 try:
                     if preprocessing is not None:
-                        prepared = pending.popleft().result()
+                        future = pending.popleft()
                         if i + ahead < len(todo):
                             pending.append(preprocessing.submit(_preprocess_in_worker, todo[i + ahead]))
+                        try:
+                            prepared = future.result()
+                        except BrokenProcessPool:
+                            # a worker died (often: out of memory); the rest is preprocessed here
+                            print("WARNING: a preprocessing worker process died (out of memory?); preprocessing "
+                                  "the remaining cases in this process")
+                            preprocessing = None
+                            prepared = _preprocess_or_error(self, case)
                     else:
                         prepared = _preprocess_or_error(self, case)
                     if isinstance(prepared, CaseError):
                         raise prepared
                     data, candidate, properties = prepared
-                    result = self.predict_preprocessed(data, candidate)
+                    self._say_partial_view(case.case, properties, data.shape[1:])
+                    result = self.predict_preprocessed(data, candidate, properties["nnqc_window"])
                 except CaseError as e:
-                    self._write_case_result(output_folder, {"case": case.case, "status": f"skipped: {e}"})
+                    self._skip(output_folder, case.case, str(e))
+                    continue
+                except Exception as e:  # a bug, out of memory, ...: this case is skipped, the others go on
+                    self._skip(output_folder, case.case, f"{case.case} ({case.segmentation}): prediction failed: "
+                                                         f"{one_line(e, with_type=True)}")
                     continue
                 args = (case.case, result, properties, output_folder, save_maps, flag_below)
                 if export is not None:
@@ -307,19 +427,54 @@ class nnQCPredictor:
                     self._finish_case(*args)
             for future in exports:
                 future.result()
-        return self.write_summary(output_folder)
 
-    def _write_settings(self, output_folder: str, images_folder: str, segmentations_folder: str, save_maps: bool,
-                        flag_below: float) -> None:
-        settings = {"images_folder": os.path.abspath(images_folder),
-                    "segmentations_folder": os.path.abspath(segmentations_folder),
-                    "dataset": self.plans_manager.dataset_name, "configuration": self.configuration_name,
-                    "folds": self.folds, "trainer": self.trainer_name, "plans": self.plans_manager.plans_name,
-                    "flag_below": flag_below, "maps_written": save_maps,
-                    "file_ending": self.dataset_json["file_ending"], "region_names": self.region_names,
-                    "regions": [list(r) for r in self.regions],
-                    "nsd_tolerance_mm": nsd_tolerance_mm(self.dataset_json), "dataset_json": self.dataset_json}
-        write_text_atomically(join(output_folder, SETTINGS_JSON), json.dumps(settings, indent=2))
+    def _settings(self, images_folder: str, segmentations_folder: str, save_maps: bool, flag_below: float,
+                  num_parts: int) -> dict:
+        return {"images_folder": os.path.abspath(images_folder),
+                "segmentations_folder": os.path.abspath(segmentations_folder),
+                "model_folder": self.model_folder, "checkpoint": self.checkpoint_name,
+                "dataset": self.plans_manager.dataset_name, "configuration": self.configuration_name,
+                "folds": self.folds, "trainer": self.trainer_name, "plans": self.plans_manager.plans_name,
+                "flag_below": flag_below, "maps_written": save_maps, "num_parts": num_parts,
+                "file_ending": self.dataset_json["file_ending"], "region_names": self.region_names,
+                "regions": [list(r) for r in self.regions],
+                "nsd_tolerance_mm": nsd_tolerance_mm(self.dataset_json), "dataset_json": self.dataset_json}
+
+    @staticmethod
+    def settings_differences(earlier: dict, settings: dict) -> list[str]:
+        """The contract settings (CONTRACT_SETTINGS) in which `settings` differ from an earlier run's."""
+        missing = "(not recorded)"
+        return [f"{key} {earlier.get(key, missing)} -> {settings[key]}" for key in CONTRACT_SETTINGS
+                if json.loads(json.dumps(earlier.get(key, missing))) != json.loads(json.dumps(settings[key]))]
+
+    def _prepare_output_folder(self, output_folder: str, settings: dict, run_cases: set[str],
+                               continue_prediction: bool) -> None:
+        """Check --continue_prediction against the earlier run's settings, then remove the results that are not
+        this run's: all of them for a new run; for a continued run or another part of the same -num_parts run,
+        those of cases no longer among the inputs. Settings are written last."""
+        settings_file = join(output_folder, SETTINGS_JSON)
+        earlier = load_json(settings_file) if isfile(settings_file) else None
+        differences = self.settings_differences(earlier, settings) if earlier is not None else []
+        if continue_prediction and differences:
+            raise ValueError(f"--continue_prediction into {output_folder}, whose earlier run used other settings: "
+                             f"{'; '.join(differences)}. Use another output folder, or run without "
+                             f"--continue_prediction to replace its results.")
+        same_run = earlier is not None and not differences and (
+            continue_prediction or (settings["num_parts"] > 1 and earlier.get("num_parts") == settings["num_parts"]))
+        case_folder = join(output_folder, CASE_RESULTS_FOLDER)
+        os.makedirs(case_folder, exist_ok=True)
+        earlier_cases = {f[:-5] for f in os.listdir(case_folder) if f.endswith(".json") and not f.startswith(".")}
+        stale = earlier_cases - run_cases if same_run else earlier_cases
+        earlier_ending = (earlier or settings).get("file_ending", settings["file_ending"])
+        for case in sorted(stale):
+            for file in (join(output_folder, case + earlier_ending), join(case_folder, case + ".json")):
+                if isfile(file):
+                    os.remove(file)
+        if stale or not same_run:
+            for name in EVALUATION_OUTPUTS:
+                if isfile(join(output_folder, name)):
+                    os.remove(join(output_folder, name))
+        write_text_atomically(settings_file, json.dumps(settings, indent=2))
 
     def write_summary(self, output_folder: str) -> pd.DataFrame:
         """qc_summary.csv/.json from every case result in OUT, worst predicted DSC first, skipped cases last."""
@@ -330,7 +485,8 @@ class nnQCPredictor:
                 with open(join(folder, name)) as f:
                     rows.append(json.load(f))
         columns = ["case", "predicted_dsc", "predicted_dsc_sd", "predicted_nsd", "predicted_nsd_sd", "flagged",
-                   *[f"sem_volume_ml_{n}" for n in self.region_names], "status"]
+                   "partial_view", "foreground_outside_view", *[f"sem_volume_ml_{n}" for n in self.region_names],
+                   "status"]
         table = pd.DataFrame(rows, columns=columns)
         table["_ok"] = table["status"] == "ok"
         table = table.sort_values(["_ok", "predicted_dsc", "case"], ascending=[False, True, True], kind="stable")
@@ -360,11 +516,14 @@ def _init_preprocessing_worker(plans: dict, configuration_name: str, dataset_jso
 
 
 def _preprocess_or_error(predictor: nnQCPredictor, case: CaseFiles):
-    """The preprocessed case, or its CaseError as a value (so it crosses process boundaries intact)."""
+    """The preprocessed case, or its failure, of any kind, as a CaseError value naming the case and its file (so
+    that it crosses process boundaries intact)."""
     try:
         return predictor.preprocess_files(case)
     except CaseError as e:
         return e
+    except Exception as e:
+        return CaseError(f"{case.case} ({case.segmentation}): preprocessing failed: {one_line(e, with_type=True)}")
 
 
 def _preprocess_in_worker(case: CaseFiles):

@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from nnqc import paths
 from nnqc.atomic_files import copy_atomically, is_temporary_name, save_npz_atomically, write_json_atomically
+from nnqc.geometry import properties_mismatch
 from nnqc.metrics.regions import allowed_labels
 from nnqc.process_pool import map_unordered
 from nnqc.qc_data.targets_table import read_targets
@@ -183,20 +184,6 @@ def candidates_by_subject(raw_folder: str, subjects: Sequence[str]) -> dict[str,
     return grouped
 
 
-def geometry_mismatch(candidate_properties: dict, subject_properties: dict) -> str | None:
-    """Why a candidate does not share its subject's voxel grid, or None when it does."""
-    if not np.allclose(candidate_properties["spacing"], subject_properties["spacing"], rtol=1e-4, atol=1e-6):
-        return (f"spacing {np.asarray(candidate_properties['spacing']).tolist()} != subject's "
-                f"{np.asarray(subject_properties['spacing']).tolist()}")
-    for stuff, keys in (("sitk_stuff", ("origin", "direction")), ("nibabel_stuff", ("original_affine",))):
-        if stuff in candidate_properties and stuff in subject_properties:
-            for key in keys:
-                a, b = candidate_properties[stuff][key], subject_properties[stuff][key]
-                if not np.allclose(a, b, rtol=0, atol=1e-3):
-                    return f"{key} {np.asarray(a).tolist()} != subject's {np.asarray(b).tolist()}"
-    return None
-
-
 def _is_up_to_date(outputs: Sequence[str], inputs: Sequence[str]) -> bool:
     if not all(isfile(f) for f in outputs):
         return False
@@ -257,7 +244,7 @@ class nnQCPreprocessor(DefaultPreprocessor):
                              labels: Sequence[int]) -> np.ndarray:
         """Read a candidate file and bring it onto its preprocessed subject's grid: uint8 (1, *shape)."""
         seg, properties = self.candidate_reader_writer(plans_manager)().read_seg(candidate_file)
-        mismatch = geometry_mismatch(properties, subject_properties)
+        mismatch = properties_mismatch(properties, subject_properties)
         if mismatch is not None:
             raise QCDatasetError(f"Candidate {candidate_file} does not share its subject's geometry: {mismatch}")
         return self.candidate_to_subject_grid(seg, subject_properties, preprocessed_shape, plans_manager,

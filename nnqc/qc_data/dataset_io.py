@@ -3,6 +3,7 @@
 Geometry and label maps are read with SimpleITK directly so that a candidate can be checked against (and
 written with) the exact header of its subject's reference. Writes are atomic (nnqc.atomic_files).
 """
+import dataclasses
 import json
 import os
 import re
@@ -17,11 +18,11 @@ from nnunetv2.utilities.dataset_name_id_conversion import find_candidate_dataset
 from nnqc.atomic_files import write_image_atomically
 from nnqc.input_files import InputFileError, check_input_file
 from nnqc.metrics import allowed_labels, get_regions
+from nnqc.geometry import grid_mismatches
 from nnqc.paths import require
 
 # file endings that SimpleITK reads and writes with full geometry (nnU-Net's SimpleITKIO list, plus plain NIfTI)
 SUPPORTED_FILE_ENDINGS: tuple[str, ...] = tuple(SimpleITKIO.supported_file_endings) + (".nii",)
-GEOMETRY_RTOL = 1e-4
 
 
 class ConversionError(RuntimeError):
@@ -41,18 +42,10 @@ class Geometry:
         """Spacing in numpy (z, y, x) axis order, as nnU-Net's properties['spacing']."""
         return tuple(abs(float(s)) for s in self.spacing[::-1])
 
-    def mismatches(self, other: "Geometry", rtol: float = GEOMETRY_RTOL) -> list[str]:
-        """Names and values of the header fields that differ from `other` (empty when they agree)."""
-        problems = []
-        if self.size != other.size:
-            return [f"size {self.size} != {other.size}"]
-        for field in ("spacing", "origin", "direction"):
-            mine, theirs = np.asarray(getattr(self, field)), np.asarray(getattr(other, field))
-            # relative to the magnitude of the values, with the same tolerance near zero
-            scale = max(1.0, float(np.max(np.abs(theirs)))) if field == "origin" else 1.0
-            if mine.shape != theirs.shape or not np.allclose(mine, theirs, rtol=rtol, atol=rtol * scale):
-                problems.append(f"{field} {tuple(np.round(mine, 6))} != {tuple(np.round(theirs, 6))}")
-        return problems
+    def mismatches(self, other: "Geometry") -> list[str]:
+        """Names and values of the header fields that differ from `other` (empty when they agree), by nnQC's one
+        geometry rule (nnqc.geometry)."""
+        return grid_mismatches(dataclasses.asdict(self), dataclasses.asdict(other))
 
 
 def _geometry_of(image: sitk.Image | sitk.ImageFileReader) -> Geometry:

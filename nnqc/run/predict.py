@@ -18,7 +18,7 @@ def print_table(table) -> None:
     """The summary as a plain table, worst first."""
     shown = table.copy()
     for column in shown.columns:
-        if column.startswith(("predicted_", "sem_volume")):
+        if column.startswith(("predicted_", "sem_volume", "foreground_outside")):
             shown[column] = shown[column].map(lambda v: f"{v:.3f}" if isinstance(v, float) and v == v else "")
     print(shown.to_string(index=False, max_colwidth=60))
 
@@ -76,8 +76,10 @@ def predict_entry() -> None:
         print(f"nnQC_predict: error: {e}", file=sys.stderr)
         sys.exit(1)
     print_table(table)
+    partial = int(table["partial_view"].fillna(False).astype(bool).sum())
     print(f"\n{int((table['status'] == 'ok').sum())} case(s) assessed, {int(table['flagged'].fillna(False).sum())} "
-          f"flagged (predicted DSC < {args.flag_below}); summary: {join(args.o, 'qc_summary.csv')}")
+          f"flagged (predicted DSC < {args.flag_below}), {partial} seen only in part (partial_view), "
+          f"{int((table['status'] != 'ok').sum())} skipped; summary: {join(args.o, 'qc_summary.csv')}")
     if args.report:
         from nnqc.evaluation.report import write_report
 

@@ -11,34 +11,13 @@ from typing import Sequence
 import numpy as np
 import pandas as pd
 import torch
-from acvl_utils.cropping_and_padding.bounding_boxes import crop_and_pad_nd
 from batchgenerators.dataloading.data_loader import SlimDataLoaderBase
 from nnunetv2.training.dataloading.nnunet_dataset import nnUNetBaseDataset
 
+from nnqc.preprocessing.cropping import centre_crop_or_pad
 from nnqc.sampling import BalancedBatchSampler
 
 CANDIDATES_FOLDER = "candidates"
-
-
-def centre_bbox(spatial_shape: Sequence[int], shape: Sequence[int]) -> list[list[int]]:
-    """The window of size `shape` centred on an array of `spatial_shape` (may reach outside it)."""
-    return [[(s - p) // 2, (s - p) // 2 + p] for s, p in zip(spatial_shape, shape)]
-
-
-def centre_crop_or_pad(array: np.ndarray, shape: Sequence[int], pad_value: float = 0) -> np.ndarray:
-    """Crop or zero-pad the trailing spatial axes of `array` (C, *S) to `shape`, keeping the centre."""
-    return crop_and_pad_nd(array, centre_bbox(array.shape[1:], shape), pad_value)
-
-
-def undo_centre_crop_or_pad(array: np.ndarray, spatial_shape: Sequence[int]) -> np.ndarray:
-    """Inverse of centre_crop_or_pad for an output (C, *P): back to (C, *spatial_shape), zero where the
-    window did not reach."""
-    bbox = centre_bbox(spatial_shape, array.shape[1:])
-    out = np.zeros((array.shape[0], *spatial_shape), dtype=array.dtype)
-    target = tuple(slice(max(lo, 0), min(hi, s)) for (lo, hi), s in zip(bbox, spatial_shape))
-    source = tuple(slice(t.start - lo, t.stop - lo) for t, (lo, _) in zip(target, bbox))
-    out[(slice(None), *target)] = array[(slice(None), *source)]
-    return out
 
 
 def load_candidate(preprocessed_folder: str, sample: str) -> np.ndarray:
