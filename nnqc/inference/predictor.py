@@ -25,10 +25,10 @@ from nnunetv2.utilities.helpers import dummy_context
 from tqdm import tqdm
 
 from nnqc.atomic_files import replace_atomically, write_text_atomically
-from nnqc.inference.input_folder import check_input_folders
 from nnqc.error_messages import one_line
 from nnqc.evaluation.report import EVALUATION_CSV, EVALUATION_JSON, REPORT_HTML, SCATTER_PNGS
 from nnqc.geometry import properties_mismatch
+from nnqc.inference.input_folder import check_input_folders
 from nnqc.input_files import InputFileError, check_input_file
 from nnqc.metrics.regions import allowed_labels, get_regions, nsd_tolerance_mm
 from nnqc.metrics.sem import decode_sem_bits, encode_sem_bits

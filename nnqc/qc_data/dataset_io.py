@@ -16,9 +16,9 @@ from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
 from nnunetv2.utilities.dataset_name_id_conversion import find_candidate_datasets, maybe_convert_to_dataset_name
 
 from nnqc.atomic_files import write_image_atomically
+from nnqc.geometry import grid_mismatches
 from nnqc.input_files import InputFileError, check_input_file
 from nnqc.metrics import allowed_labels, get_regions
-from nnqc.geometry import grid_mismatches
 from nnqc.paths import require
 
 # file endings that SimpleITK reads and writes with full geometry (nnU-Net's SimpleITKIO list, plus plain NIfTI)
