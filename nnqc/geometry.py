@@ -75,6 +75,7 @@ def properties_mismatch(properties: dict, reference_properties: dict) -> str | N
     return "; ".join(problems) or None
 
 
-def image_mismatch(image: sitk.Image, reference: sitk.Image) -> str | None:
-    """Why two SimpleITK images do not share one grid, or None when they do."""
+def image_mismatch(image: sitk.Image | sitk.ImageFileReader, reference: sitk.Image | sitk.ImageFileReader
+                   ) -> str | None:
+    """Why two SimpleITK images (or headers read with ReadImageInformation) do not share one grid, or None."""
     return "; ".join(grid_mismatches(grid_of_image(image), grid_of_image(reference))) or None

@@ -2,7 +2,6 @@
 import os
 from collections.abc import Sequence
 
-import numpy as np
 import SimpleITK as sitk
 from batchgenerators.utilities.file_and_folder_operations import join, load_json
 from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
@@ -12,6 +11,7 @@ from tqdm import tqdm
 
 from nnqc import paths
 from nnqc.experiment_planning.planner import QC_CONFIGURATION, nnQCPlanner
+from nnqc.geometry import image_mismatch
 from nnqc.preprocessing.preprocessor import (
     QCDatasetError,
     candidates_by_subject,
@@ -46,7 +46,7 @@ def check_qc_dataset(dataset_name_or_id: int | str, verify_candidate_geometry: b
         for subject, samples in tqdm(candidates.items(), desc="Checking candidate geometry"):
             reference = _header(dataset[subject]["label"])
             for _, file in samples:
-                mismatch = _header_mismatch(_header(file), reference)
+                mismatch = image_mismatch(_header(file), reference)
                 if mismatch:
                     raise QCDatasetError(f"Candidate {file} does not match the geometry of its reference "
                                          f"{dataset[subject]['label']}: {mismatch}")
@@ -58,16 +58,6 @@ def _header(file: str) -> sitk.ImageFileReader:
     reader.SetFileName(file)
     reader.ReadImageInformation()
     return reader
-
-
-def _header_mismatch(a: sitk.ImageFileReader, b: sitk.ImageFileReader) -> str | None:
-    if a.GetSize() != b.GetSize():
-        return f"size {a.GetSize()} != {b.GetSize()}"
-    for name, tolerance in (("Spacing", 1e-4), ("Origin", 1e-3), ("Direction", 1e-4)):
-        va, vb = getattr(a, "Get" + name)(), getattr(b, "Get" + name)()
-        if not np.allclose(va, vb, rtol=0, atol=tolerance):
-            return f"{name.lower()} {va} != {vb}"
-    return None
 
 
 def extract_fingerprint(dataset_name_or_id: int | str, num_processes: int | None = None,
