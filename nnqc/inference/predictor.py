@@ -24,6 +24,7 @@ from nnunetv2.utilities.helpers import dummy_context
 from tqdm import tqdm
 
 from nnqc.atomic_files import replace_atomically, write_text_atomically
+from nnqc.cpu_features import cpu_has_native_bf16
 from nnqc.metrics.regions import allowed_labels, get_regions, nsd_tolerance_mm
 from nnqc.metrics.sem import decode_sem_bits, encode_sem_bits
 from nnqc.preprocessing.preprocessor import QCDatasetError, geometry_mismatch, nnQCPlansManager, nnQCPreprocessor
@@ -80,11 +81,27 @@ def check_output_folder(output_folder: str, *input_folders: str) -> None:
                              f"folder {folder}")
 
 
+def forward_precision(device: torch.device, fp32: bool = False) -> str:
+    """How the network runs: "cuda autocast" (CUDA's default mixed precision) on a GPU, "bf16" autocast on a CPU
+    with native bf16 (AMX, AVX-512 BF16; emulated bf16 would be slower than fp32), "fp32" otherwise or when asked."""
+    if fp32:
+        return "fp32"
+    if device.type == "cuda":
+        return "cuda autocast"
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return "bf16"
+    return "fp32"
+
+
 class nnQCPredictor:
     """Load a trained nnQC model folder, then predict from files (nnQC_predict) or from numpy arrays."""
 
-    def __init__(self, device: torch.device = torch.device("cuda"), verbose: bool = False, allow_tqdm: bool = True):
+    def __init__(self, device: torch.device = torch.device("cuda"), verbose: bool = False, allow_tqdm: bool = True,
+                 fp32: bool = False):
+        """fp32: full precision everywhere; otherwise the forward passes run under CUDA's autocast on a GPU and
+        bf16 autocast on CPUs that compute bf16 natively (about twice as fast, outputs within 0.01)."""
         self.device, self.verbose, self.allow_tqdm = device, verbose, allow_tqdm
+        self.precision = forward_precision(device, fp32)
         self.network = self.fold_weights = self.plans_manager = self.configuration_manager = None
         self.dataset_json = self.regions = self.region_names = None
         self.trainer_name = self.configuration_name = None
@@ -174,8 +191,7 @@ class nnQCPredictor:
         regression, votes = [], None
         for weights in self.fold_weights:
             self.network.load_state_dict(weights)
-            autocast = torch.autocast(self.device.type) if self.device.type == "cuda" else dummy_context()
-            with autocast:
+            with self.forward_context():
                 reg, sem = self.network(x)
             if reg is not None:
                 regression.append(reg[0].float().clamp(0, 1).cpu().numpy())
@@ -187,6 +203,14 @@ class nnQCPredictor:
             sem = undo_centre_crop_or_pad((votes * 2 > len(self.fold_weights)).cpu().numpy(), data.shape[1:])
         regression = np.array(regression) if regression else np.full((1, 2), np.nan)
         return {"dsc_per_fold": regression[:, 0], "nsd_per_fold": regression[:, 1], "sem": sem}
+
+    def forward_context(self):
+        """The autocast context of the forward passes for self.precision (see forward_precision)."""
+        if self.precision == "bf16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        if self.precision == "cuda autocast":
+            return torch.autocast("cuda")
+        return dummy_context()
 
     def restore_to_input_geometry(self, label_map: np.ndarray, properties: dict) -> np.ndarray:
         """Undo resampling, cropping and transposition of a preprocessed label map (*S') -> input array."""
@@ -313,7 +337,7 @@ class nnQCPredictor:
                     "segmentations_folder": os.path.abspath(segmentations_folder),
                     "dataset": self.plans_manager.dataset_name, "configuration": self.configuration_name,
                     "folds": self.folds, "trainer": self.trainer_name, "plans": self.plans_manager.plans_name,
-                    "flag_below": flag_below, "maps_written": save_maps,
+                    "flag_below": flag_below, "maps_written": save_maps, "precision": self.precision,
                     "file_ending": self.dataset_json["file_ending"], "region_names": self.region_names,
                     "regions": [list(r) for r in self.regions],
                     "nsd_tolerance_mm": nsd_tolerance_mm(self.dataset_json), "dataset_json": self.dataset_json}

@@ -54,6 +54,9 @@ def predict_entry() -> None:
     parser.add_argument("-part_id", type=int, default=0, help="which part this run predicts (0-based)")
     parser.add_argument("--continue_prediction", action="store_true", help="skip cases already predicted")
     parser.add_argument("--report", action="store_true", help="write the HTML report qc_report.html")
+    parser.add_argument("--fp32", action="store_true",
+                        help="full precision: no bf16 autocast on CPUs with native bf16 (AMX, AVX-512 BF16) and no "
+                             "mixed precision on a GPU")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
@@ -63,7 +66,9 @@ def predict_entry() -> None:
         torch.set_num_threads(os.cpu_count() or 1)
     npp = (0 if on_cpu else 1) if args.npp is None else args.npp
     nps = (1 if on_cpu else 2) if args.nps is None else args.nps
-    predictor = nnQCPredictor(device)
+    predictor = nnQCPredictor(device, fp32=args.fp32)
+    print(f"nnQC_predict: network precision {predictor.precision}"
+          + (" (this CPU computes bf16 natively; --fp32 for full precision)" if predictor.precision == "bf16" else ""))
     try:
         predictor.initialize_from_trained_model_folder(model_folder(args.d, args.tr, args.p, args.c), args.f,
                                                        args.chk)
