@@ -268,7 +268,8 @@ def main() -> None:
         header = f"{'folds':>6}{'precision':>10}{'mean s/case':>13}{'median s/case':>15}{'cases/min':>11}"
         print("\nper case (sequential: nnQC_predict's CPU default; pipelined: its GPU defaults):\n" + header
               + f"{'pipelined s/case':>18}{'peak RSS MB':>13}{'growth MB':>11}")
-        for (precision, num_folds), row in sorted(results.items(), key=lambda item: (item[0][1], item[0][0])):
+        for (precision, num_folds), row in sorted(results.items(),
+                                                  key=lambda item: (item[0][1], precisions.index(item[0][0]))):
             pipelined = f"{row['pipelined']:.2f}" if "pipelined" in row else "-"
             print(f"{num_folds:>6}{precision:>10}{row['mean']:>13.2f}{row['median']:>15.2f}{60 / row['mean']:>11.1f}"
                   f"{pipelined:>18}{row['peak']:>13.0f}{row['growth']:>11.0f}")
