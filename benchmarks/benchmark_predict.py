@@ -1,4 +1,5 @@
-"""Wall time per case of nnQC prediction at BraTS size on the CPU, for one fold and for a fold ensemble.
+"""Wall time per case of nnQC prediction at BraTS size on the CPU, fp32 and bf16 side by side, for one fold and for
+a fold ensemble, with the peak memory of each and the cost of each stage of a case.
 
     python benchmarks/benchmark_predict.py [--cases 3] [--folds 5] [--threads 2] [--subjects 3]
 
@@ -8,6 +9,7 @@ a QC dataset, fingerprinted and planned (no preprocessing); the model folder is 
 with randomly initialised QCResUNet weights (a different seed per fold), which cost as much to run as trained
 ones. Times exclude loading the model and include, per case, reading the images and the segmentation,
 preprocessing, the forward passes, the SEM restoration to the input geometry and writing every output.
+bf16 is nnQC_predict's default on CPUs with native bf16 (AMX, AVX-512 BF16) and is skipped, saying so, elsewhere.
 
 Two ways to run the cases:
 - sequential: each case alone through nnQCPredictor.predict_from_files, no helper processes or threads:
@@ -16,6 +18,9 @@ Two ways to run the cases:
   preprocessing ahead, two threads writing maps; on the CPU nnQC_predict defaults to the sequential way):
   the throughput of a folder of cases (its helper process starts within the timed call, which weighs on a
   handful of cases).
+Peak memory: the largest resident set of this process during the sequential runs of one precision and fold count
+(VmHWM, reset before each; it includes Python, torch and every predictor's loaded folds), and its growth over the
+resident set before those runs (what predicting costs on top of the loaded model).
 """
 import argparse
 import os
@@ -23,13 +28,14 @@ import shutil
 import statistics
 import tempfile
 import time
+from concurrent.futures import ThreadPoolExecutor
 
 import torch
 
 SOURCE_ID, QC_ID = 980, 981
 TRAINER, PLANS, CONFIGURATION = "nnQCTrainer", "nnQCPlans", "3d_fullres"
 EXPECTED_INPUT_SHAPE = [160, 192, 160]
-TARGET_SECONDS_PER_CASE = 6.0
+TARGET_SECONDS_PER_CASE = 2.0  # 1 fold, bf16, 2 cores, reading and writing included
 PIPELINED = {"num_processes_preprocessing": 1, "num_threads_export": 2}  # nnQC_predict's -npp / -nps defaults on a GPU
 SEQUENTIAL = {"num_processes_preprocessing": 0, "num_threads_export": 1}  # ... and on the CPU
 
@@ -41,8 +47,10 @@ def point_nnunet_folders_to(base: str) -> None:
         os.makedirs(os.environ[name])
 
 
-def build_datasets(num_subjects: int, num_cases: int, seed: int) -> tuple[str, str]:
-    """Source phantoms, the QC dataset and its plans; returns (source folder, QC dataset name)."""
+def build_datasets(num_subjects: int, num_cases: int, seed: int, shape: tuple[int, int, int] | None = None
+                   ) -> tuple[str, str]:
+    """Source phantoms (BraTS size unless `shape`), the QC dataset and its plans; returns (source folder, QC
+    dataset name)."""
     from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
 
     from dataset_conversion.phantoms import write_phantom_dataset
@@ -56,7 +64,7 @@ def build_datasets(num_subjects: int, num_cases: int, seed: int) -> tuple[str, s
             super().__init__(*args, **kwargs)
             self.num_foreground_voxels_for_intensitystats = 30000
 
-    source = write_phantom_dataset(SOURCE_ID, "BenchmarkPhantom", num_subjects, "brats", seed=seed,
+    source = write_phantom_dataset(SOURCE_ID, "BenchmarkPhantom", num_subjects, "brats", shape=shape, seed=seed,
                                    num_test=num_cases)
     qc_folder = convert_dataset(SOURCE_ID, QC_ID, num_seggen=1, num_degradations=1, verbose=False).folder
     plan_and_preprocess([QC_ID], num_processes=1, no_pp=True,
@@ -64,7 +72,8 @@ def build_datasets(num_subjects: int, num_cases: int, seed: int) -> tuple[str, s
     return source, os.path.basename(qc_folder)
 
 
-def write_untrained_model(dataset_name: str, num_folds: int) -> str:
+def write_untrained_model(dataset_name: str, num_folds: int,
+                          expected_input_shape: list[int] | None = EXPECTED_INPUT_SHAPE) -> str:
     """nnUNet_results/DATASET/nnQCTrainer__nnQCPlans__3d_fullres with plans, dataset.json and one
     checkpoint_final.pth per fold holding freshly initialised weights; returns the folder."""
     from batchgenerators.utilities.file_and_folder_operations import load_json
@@ -74,9 +83,9 @@ def write_untrained_model(dataset_name: str, num_folds: int) -> str:
     preprocessed = os.path.join(os.environ["nnUNet_preprocessed"], dataset_name)
     plans = load_json(os.path.join(preprocessed, f"{PLANS}.json"))
     configuration = plans["configurations"][CONFIGURATION]
-    if configuration["patch_size"] != EXPECTED_INPUT_SHAPE:
+    if expected_input_shape is not None and configuration["patch_size"] != expected_input_shape:
         raise RuntimeError(f"the plans give input shape {configuration['patch_size']}, the benchmark expects "
-                           f"{EXPECTED_INPUT_SHAPE} (BraTS at 1 mm); try another --seed")
+                           f"{expected_input_shape} (BraTS at 1 mm); try another --seed")
     folder = os.path.join(os.environ["nnUNet_results"], dataset_name, f"{TRAINER}__{PLANS}__{CONFIGURATION}")
     os.makedirs(folder)
     shutil.copy(os.path.join(preprocessed, f"{PLANS}.json"), os.path.join(folder, "plans.json"))
@@ -137,22 +146,56 @@ def time_pipelined(predictor, images: str, segmentations: str, output: str, num_
     return seconds / num_cases
 
 
-def breakdown(predictor_one, predictor_all, case_files, output: str) -> dict[str, float]:
-    """Seconds of the stages of one case: read + preprocess, forward (per fold), restore + write the map."""
+def _status_mb(field: str) -> float:
+    with open("/proc/self/status") as f:
+        for line in f:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    return float("nan")
+
+
+def peak_rss_mb() -> float:
+    return _status_mb("VmHWM")
+
+
+def reset_peak_rss() -> float:
+    """Reset VmHWM to the current resident set (Linux: 5 into clear_refs); returns that resident set in MB."""
+    with open("/proc/self/clear_refs", "w") as f:
+        f.write("5")
+    return _status_mb("VmRSS")
+
+
+def breakdown(predictors: dict[str, dict[int, object]], case_files, output: str) -> dict[str, float]:
+    """Seconds of the stages of one case: input checks, read + preprocess, forward (per precision; per fold of
+    the ensemble), restore + write the map."""
+    from nnqc.input_files import check_input_file
     from nnqc.metrics.sem import encode_sem_bits
 
     timings = {}
     start = time.perf_counter()
+    for path in (*case_files.images, case_files.segmentation):
+        check_input_file(path)
+    timings["input checks (truncation, NaN; input_files)"] = time.perf_counter() - start
+    predictor_one = predictors["fp32"][1]
+    start = time.perf_counter()
     data, candidate, properties = predictor_one.preprocess_files(case_files)
     timings["read + preprocess"] = time.perf_counter() - start
+    # zlib releases the GIL: the checks' second decompression can run beside SimpleITK's read
     start = time.perf_counter()
-    result = predictor_one.predict_preprocessed(data, candidate)
-    timings["forward, 1 fold"] = time.perf_counter() - start
-    num_folds = len(predictor_all.fold_weights)
-    if num_folds > 1:
+    with ThreadPoolExecutor(1) as pool:
+        checks = pool.submit(lambda: [check_input_file(p) for p in (*case_files.images, case_files.segmentation)])
+        predictor_one.preprocess_files(case_files)
+        checks.result()
+    timings["read + preprocess, checks in a thread beside"] = time.perf_counter() - start
+    for precision, by_folds in predictors.items():
         start = time.perf_counter()
-        predictor_all.predict_preprocessed(data, candidate)
-        timings[f"forward, {num_folds} folds, per fold"] = (time.perf_counter() - start) / num_folds
+        result = by_folds[1].predict_preprocessed(data, candidate)
+        timings[f"forward, 1 fold, {precision}"] = time.perf_counter() - start
+        num_folds = max(by_folds)
+        if num_folds > 1:
+            start = time.perf_counter()
+            by_folds[num_folds].predict_preprocessed(data, candidate)
+            timings[f"forward, {num_folds} folds, {precision}, per fold"] = (time.perf_counter() - start) / num_folds
     start = time.perf_counter()
     bits = predictor_one.restore_to_input_geometry(encode_sem_bits(result["sem"]), properties)
     timings["restore SEMs to input geometry"] = time.perf_counter() - start
@@ -178,6 +221,7 @@ def main() -> None:
 
     with tempfile.TemporaryDirectory() as base:
         point_nnunet_folders_to(base)
+        from nnqc.cpu_features import cpu_has_native_bf16
         from nnqc.inference.predictor import find_cases, nnQCPredictor
 
         start = time.perf_counter()
@@ -191,36 +235,54 @@ def main() -> None:
         folders = one_folder_per_case(images, segmentations, [c.case for c in cases], os.path.join(base, "cases"))
         outputs = os.path.join(base, "outputs")
 
+        precisions = ("fp32", "bf16") if cpu_has_native_bf16() else ("fp32",)
         predictors = {}
-        for folds in ((0,), tuple(range(args.folds))):
-            predictor = nnQCPredictor(torch.device("cpu"), allow_tqdm=False)
-            predictor.initialize_from_trained_model_folder(folder, folds)
-            predictors[len(folds)] = predictor
+        for precision in precisions:
+            predictors[precision] = {}
+            for folds in ((0,), tuple(range(args.folds))):
+                predictor = nnQCPredictor(torch.device("cpu"), allow_tqdm=False, fp32=precision == "fp32")
+                predictor.initialize_from_trained_model_folder(folder, folds)
+                assert predictor.precision == precision, (predictor.precision, precision)
+                predictors[precision][len(folds)] = predictor
 
         print(f"\n{len(cases)} cases of 4 x 240 x 240 x 155 at 1 mm, network input {EXPECTED_INPUT_SHAPE}, "
-              f"CPU, {args.threads} threads", flush=True)
-        warm_up = time_sequential(predictors[1], dict(list(folders.items())[:1]), os.path.join(outputs, "warm_up"))
+              f"CPU, {args.threads} threads"
+              + ("" if "bf16" in precisions else "; bf16 not run: this CPU has no native bf16"), flush=True)
+        warm_up = time_sequential(predictors["fp32"][1], dict(list(folders.items())[:1]),
+                                  os.path.join(outputs, "warm_up"))
         print(f"first case after loading the model (untimed warm-up): {warm_up[0]:.2f} s", flush=True)
-        print(f"{'folds':>6}{'mode':>12}{'mean s/case':>13}{'median s/case':>15}{'cases/min':>11}")
-        for num_folds, predictor in predictors.items():
-            times = time_sequential(predictor, folders, os.path.join(outputs, f"sequential_{num_folds}"))
-            mean = statistics.mean(times)
-            print(f"{num_folds:>6}{'sequential':>12}{mean:>13.2f}{statistics.median(times):>15.2f}{60 / mean:>11.1f}",
-                  flush=True)
-            if not args.no_pipelined:
-                per_case = time_pipelined(predictor, images, segmentations,
-                                          os.path.join(outputs, f"pipelined_{num_folds}"), len(cases))
-                print(f"{num_folds:>6}{'pipelined':>12}{per_case:>13.2f}{'':>15}{60 / per_case:>11.1f}", flush=True)
-        print(f"target: <= {TARGET_SECONDS_PER_CASE:.0f} s per case for 1 fold")
+        results = {}
+        for precision, by_folds in predictors.items():
+            for num_folds, predictor in by_folds.items():
+                before = reset_peak_rss()
+                times = time_sequential(predictor, folders,
+                                        os.path.join(outputs, f"sequential_{precision}_{num_folds}"))
+                row = {"mean": statistics.mean(times), "median": statistics.median(times), "peak": peak_rss_mb(),
+                       "growth": peak_rss_mb() - before}
+                if not args.no_pipelined:
+                    row["pipelined"] = time_pipelined(predictor, images, segmentations,
+                                                      os.path.join(outputs, f"pipelined_{precision}_{num_folds}"),
+                                                      len(cases))
+                results[precision, num_folds] = row
+                print(f"  {precision}, {num_folds} fold(s): {row['mean']:.2f} s per case", flush=True)
+        header = f"{'folds':>6}{'precision':>10}{'mean s/case':>13}{'median s/case':>15}{'cases/min':>11}"
+        print("\nper case (sequential: nnQC_predict's CPU default; pipelined: its GPU defaults):\n" + header
+              + f"{'pipelined s/case':>18}{'peak RSS MB':>13}{'growth MB':>11}")
+        for (precision, num_folds), row in sorted(results.items(),
+                                                  key=lambda item: (item[0][1], precisions.index(item[0][0]))):
+            pipelined = f"{row['pipelined']:.2f}" if "pipelined" in row else "-"
+            print(f"{num_folds:>6}{precision:>10}{row['mean']:>13.2f}{row['median']:>15.2f}{60 / row['mean']:>11.1f}"
+                  f"{pipelined:>18}{row['peak']:>13.0f}{row['growth']:>11.0f}")
+        print(f"target: <= {TARGET_SECONDS_PER_CASE:.1f} s per case for 1 fold in bf16 on 2 cores")
 
         print(f"\nbreakdown of one case ({cases[0].case}):")
         os.makedirs(os.path.join(outputs, "breakdown"))
-        stages = breakdown(predictors[1], predictors[args.folds], cases[0], os.path.join(outputs, "breakdown"))
+        stages = breakdown(predictors, cases[0], os.path.join(outputs, "breakdown"))
         for name, value in stages.items():
             if name.startswith("_"):
                 print(f"  ({name[1:]}: {value:.3f}; untrained weights)")
             else:
-                print(f"  {name:<36}{value:>7.2f} s")
+                print(f"  {name:<46}{value:>7.2f} s")
 
 
 if __name__ == "__main__":

@@ -92,7 +92,7 @@ def _check_nifti(path: str, check_nan: bool) -> None:
     if problem:
         raise InputFileError(f"{path} {problem}")
     dtype = header.get_data_dtype()
-    offset = int(header["vox_offset"])
+    offset = int(image.dataobj.offset)  # nibabel's loaded header reads vox_offset 0; the array proxy knows it
     _check_nifti_length(path, offset + int(np.prod(shape, dtype=np.int64)) * dtype.itemsize)
     if check_nan and dtype.kind in "fc":
         try:

@@ -92,3 +92,19 @@ def test_other_formats_are_checked_through_simpleitk(tmp_path):
     with pytest.raises(InputFileError):
         check_input_file(str(not_nifti))
     assert os.path.isfile(good)
+
+
+def test_whole_gzip_files_are_judged_by_their_trailer_without_decompressing(tmp_path, volume, monkeypatch):
+    # the header's voxel offset counts: without it the trailer never matches and every file is decompressed
+    from nnqc import input_files
+
+    image = sitk.GetImageFromArray(volume.astype(np.int16))
+    sitk.WriteImage(image, str(tmp_path / "itk.nii.gz"), True)
+    nifti = _nifti(tmp_path / "nib.nii.gz", volume, np.int16)
+
+    def must_not_decompress(path):
+        raise AssertionError(f"{path} was decompressed")
+
+    monkeypatch.setattr(input_files, "_decompressed_length", must_not_decompress)
+    check_input_file(str(tmp_path / "itk.nii.gz"))
+    check_input_file(nifti)

@@ -25,6 +25,7 @@ from nnunetv2.utilities.helpers import dummy_context
 from tqdm import tqdm
 
 from nnqc.atomic_files import replace_atomically, write_text_atomically
+from nnqc.cpu_features import cpu_has_native_bf16
 from nnqc.error_messages import one_line
 from nnqc.evaluation.report import EVALUATION_CSV, EVALUATION_JSON, REPORT_HTML, SCATTER_PNGS
 from nnqc.geometry import properties_mismatch
@@ -49,7 +50,7 @@ DEFAULT_FLAG_BELOW = 0.7
 # what a run's results depend on: --continue_prediction must use the same, and -num_parts runs merge only when
 # their settings (and number of parts) agree
 CONTRACT_SETTINGS = ("images_folder", "segmentations_folder", "model_folder", "dataset", "trainer", "plans",
-                     "configuration", "folds", "checkpoint", "flag_below", "maps_written")
+                     "configuration", "folds", "checkpoint", "flag_below", "maps_written", "precision")
 # the outputs of nnQC_evaluate and the report describe one set of predictions: a run that changes it removes them
 EVALUATION_OUTPUTS = (EVALUATION_CSV, EVALUATION_JSON, *SCATTER_PNGS.values(), REPORT_HTML)
 
@@ -98,11 +99,27 @@ def check_output_folder(output_folder: str, *input_folders: str) -> None:
                              f"folder {folder}")
 
 
+def forward_precision(device: torch.device, fp32: bool = False) -> str:
+    """How the network runs: "cuda autocast" (CUDA's default mixed precision) on a GPU, "bf16" autocast on a CPU
+    with native bf16 (AMX, AVX-512 BF16; emulated bf16 would be slower than fp32), "fp32" otherwise or when asked."""
+    if fp32:
+        return "fp32"
+    if device.type == "cuda":
+        return "cuda autocast"
+    if device.type == "cpu" and cpu_has_native_bf16():
+        return "bf16"
+    return "fp32"
+
+
 class nnQCPredictor:
     """Load a trained nnQC model folder, then predict from files (nnQC_predict) or from numpy arrays."""
 
-    def __init__(self, device: torch.device = torch.device("cuda"), verbose: bool = False, allow_tqdm: bool = True):
+    def __init__(self, device: torch.device = torch.device("cuda"), verbose: bool = False, allow_tqdm: bool = True,
+                 fp32: bool = False):
+        """fp32: full precision everywhere; otherwise the forward passes run under CUDA's autocast on a GPU and
+        bf16 autocast on CPUs that compute bf16 natively (about twice as fast, outputs within 0.01)."""
         self.device, self.verbose, self.allow_tqdm = device, verbose, allow_tqdm
+        self.precision = forward_precision(device, fp32)
         self.network = self.fold_weights = self.plans_manager = self.configuration_manager = None
         self.dataset_json = self.regions = self.region_names = None
         self.trainer_name = self.configuration_name = self.model_folder = self.checkpoint_name = None
@@ -232,8 +249,7 @@ class nnQCPredictor:
         regression, votes = [], None
         for weights in self.fold_weights:
             self.network.load_state_dict(weights)
-            autocast = torch.autocast(self.device.type) if self.device.type == "cuda" else dummy_context()
-            with autocast:
+            with self.forward_context():
                 reg, sem = self.network(x)
             if reg is not None:
                 regression.append(reg[0].float().clamp(0, 1).cpu().numpy())
@@ -246,6 +262,14 @@ class nnQCPredictor:
                                              window)
         regression = np.array(regression) if regression else np.full((1, 2), np.nan)
         return {"dsc_per_fold": regression[:, 0], "nsd_per_fold": regression[:, 1], "sem": sem}
+
+    def forward_context(self):
+        """The autocast context of the forward passes for self.precision (see forward_precision)."""
+        if self.precision == "bf16":
+            return torch.autocast("cpu", dtype=torch.bfloat16)
+        if self.precision == "cuda autocast":
+            return torch.autocast("cuda")
+        return dummy_context()
 
     def restore_to_input_geometry(self, label_map: np.ndarray, properties: dict) -> np.ndarray:
         """Undo resampling, cropping and transposition of a preprocessed label map (*S') -> input array."""
@@ -436,6 +460,7 @@ class nnQCPredictor:
                 "dataset": self.plans_manager.dataset_name, "configuration": self.configuration_name,
                 "folds": self.folds, "trainer": self.trainer_name, "plans": self.plans_manager.plans_name,
                 "flag_below": flag_below, "maps_written": save_maps, "num_parts": num_parts,
+                "precision": self.precision,
                 "file_ending": self.dataset_json["file_ending"], "region_names": self.region_names,
                 "regions": [list(r) for r in self.regions],
                 "nsd_tolerance_mm": nsd_tolerance_mm(self.dataset_json), "dataset_json": self.dataset_json}

@@ -4,6 +4,7 @@ Norm and non-linearity are passed as classes so that plans can configure them; e
 """
 from __future__ import annotations
 
+from contextlib import nullcontext
 from typing import Sequence
 
 import torch
@@ -26,6 +27,17 @@ def same_padding(kernel_size: IntOrSeq) -> tuple[int, int, int]:
     return tuple(k // 2 for k in as_triple(kernel_size))
 
 
+def autocast_off(device_type: str):
+    """Full precision inside an autocast region, for the few small parts that keep the outputs equal to fp32
+    (measured at the brain configuration: the regression head and the attention means; README "Performance")."""
+    return torch.autocast(device_type, enabled=False) if device_type in ("cpu", "cuda") else nullcontext()
+
+
+def spatial_means(x: torch.Tensor) -> torch.Tensor:
+    """(B, C, *S) -> (B, C) spatial means, accumulated and returned in fp32 whatever the dtype of x."""
+    return torch.mean(x, dim=(2, 3, 4), dtype=torch.float32)
+
+
 class ECA(nn.Module):
     """Efficient channel attention (Wang et al. 2020): GAP -> 1D conv across channels -> sigmoid -> rescale.
 
@@ -37,11 +49,13 @@ class ECA(nn.Module):
         self.conv = nn.Conv1d(1, 1, kernel_size, padding=kernel_size // 2, bias=False)
 
     def channel_weights(self, channel_means: torch.Tensor) -> torch.Tensor:
-        """(B, C) channel means -> (B, C) attention weights in (0, 1)."""
-        return torch.sigmoid(self.conv(channel_means.unsqueeze(1))).squeeze(1)
+        """(B, C) channel means -> (B, C) attention weights in (0, 1), in fp32 also under autocast: tiny, and
+        it cuts the bf16 error of the regression outputs by a third (measured)."""
+        with autocast_off(channel_means.device.type):
+            return torch.sigmoid(self.conv(channel_means.float().unsqueeze(1))).squeeze(1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        weights = self.channel_weights(x.mean(dim=(2, 3, 4)))
+        weights = self.channel_weights(spatial_means(x))
         return x * weights[:, :, None, None, None].to(x.dtype)
 
 

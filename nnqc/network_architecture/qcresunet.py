@@ -12,7 +12,15 @@ from typing import Sequence
 import torch
 from torch import nn
 
-from nnqc.network_architecture.blocks import ECA, ConvNormNonlin, as_triple, resize_nearest, upsample_nearest
+from nnqc.network_architecture.blocks import (
+    ECA,
+    ConvNormNonlin,
+    as_triple,
+    autocast_off,
+    resize_nearest,
+    spatial_means,
+    upsample_nearest,
+)
 from nnqc.network_architecture.encoder import ResNetEncoder
 
 DEFAULT_STRIDES = ((2, 2, 2),) * 5
@@ -20,14 +28,19 @@ DEFAULT_KERNEL_SIZES = ((3, 3, 3),) * 4
 
 
 class RegressionHead(nn.Module):
-    """Global average pooling of the deepest features -> fully connected layer -> (DSC, NSD)."""
+    """Global average pooling of the deepest features -> fully connected layer -> (DSC, NSD).
+
+    Always fp32, also under autocast: a bf16 output is rounded to steps of 0.004 near 1, as large as the rest of
+    the bf16 error together (measured); the head costs nothing next to the convolutions.
+    """
 
     def __init__(self, in_channels: int, num_outputs: int):
         super().__init__()
         self.fc = nn.Linear(in_channels, num_outputs)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.fc(x.mean(dim=(2, 3, 4)))
+        with autocast_off(x.device.type):
+            return self.fc(spatial_means(x))
 
 
 class DecoderStage(nn.Module):
@@ -81,7 +94,7 @@ class AttentionSEMAggregation(nn.Module):
     def _mixes(self, attention: ECA, projected: torch.Tensor, query: torch.Tensor
                ) -> tuple[torch.Tensor, torch.Tensor]:
         """Per-sample (C x C) matrices applying ECA then the aggregation conv to the two halves."""
-        means = torch.cat((projected.mean(dim=(2, 3, 4)), query.mean(dim=(2, 3, 4))), dim=1).float()
+        means = torch.cat((spatial_means(projected), spatial_means(query)), dim=1)
         weights = attention.channel_weights(means)  # (B, 2C)
         c = self.aggregate.out_channels
         mix = self.aggregate.weight.view(c, 2 * c)[None].float() * weights[:, None, :]

@@ -51,6 +51,9 @@ def predict_entry() -> None:
     parser.add_argument("-part_id", type=int, default=0, help="which part this run predicts (0-based)")
     parser.add_argument("--continue_prediction", action="store_true", help="skip cases already predicted")
     parser.add_argument("--report", action="store_true", help="write the HTML report qc_report.html")
+    parser.add_argument("--fp32", action="store_true",
+                        help="full precision: no bf16 autocast on CPUs with native bf16 (AMX, AVX-512 BF16) and no "
+                             "mixed precision on a GPU")
     args = parser.parse_args()
     if args.m is not None and (args.c, args.tr, args.p) != (None, None, None):
         parser.error("-m names the model folder itself; -c, -tr and -p go with -d only")
@@ -62,7 +65,9 @@ def predict_entry() -> None:
         torch.set_num_threads(os.cpu_count() or 1)
     npp = (0 if on_cpu else 1) if args.npp is None else args.npp
     nps = (1 if on_cpu else 2) if args.nps is None else args.nps
-    predictor = nnQCPredictor(device)
+    predictor = nnQCPredictor(device, fp32=args.fp32)
+    print(f"nnQC_predict: network precision {predictor.precision}"
+          + (" (this CPU computes bf16 natively; --fp32 for full precision)" if predictor.precision == "bf16" else ""))
     try:
         folder = args.m if args.m is not None else model_folder(
             args.d, args.tr or "nnQCTrainer", args.p or PLANS_IDENTIFIER, args.c or "3d_fullres")
