@@ -5,7 +5,9 @@
 A QCResUNet (the paper's widths, input 7×S×S×S) trained from one initialisation on the same fixed batches by the
 steps of nnQCTrainer.train_step (forward, QCLoss in fp32, backward, clipping at 12, Adam at lr 2.1e-4) in fp32 and
 under bf16 autocast, the latter also with one part kept in fp32 (regression head, SEM head, instance norms).
-Dropout is off so that the runs differ by precision only. Printed per variant against fp32: the loss at every step
+Dropout is off so that the runs differ by precision only; a control run in fp32 on inputs rounded to bf16 shows
+how far a perturbation that small moves the steps by itself (Adam makes trajectories diverge whatever the
+cause). Printed per variant against fp32: the loss at every step
 (largest relative difference), the cosine between the first step's gradients, and after the last step the
 largest difference of the regression outputs (clamped to [0, 1] as nnQC reports them) and the SEM logit sign
 agreement on a held-out batch (eval mode), and the output dtypes autocast gave each kind of layer. Seconds per
@@ -23,6 +25,7 @@ from torch import nn
 
 from nnqc.cpu_features import cpu_has_native_bf16
 from nnqc.network_architecture import QCResUNet
+from nnqc.training.cpu_bf16 import instance_norms_in_fp32
 from nnqc.training.loss import QCLoss
 
 
@@ -52,9 +55,7 @@ def keep_in_fp32(network: nn.Module, part: str | None) -> nn.Module:
     if part in ("SEM head", "instance norms and heads"):
         run_in_fp32(network.sem_head)
     if part in ("instance norms", "instance norms and heads"):
-        for module in network.modules():
-            if isinstance(module, nn.InstanceNorm3d):
-                run_in_fp32(module)
+        instance_norms_in_fp32(network)  # what nnQCTrainer does under CPU bf16
     return network
 
 
@@ -87,7 +88,7 @@ def layer_dtypes(network: nn.Module, x: torch.Tensor, bf16: bool) -> dict[str, s
     return {k: "/".join(sorted(v)) for k, v in sorted(seen.items())}
 
 
-def train(network: nn.Module, batches, bf16: bool):
+def train(network: nn.Module, batches, bf16: bool, round_inputs: bool = False):
     network.train()
     for m in network.modules():
         if isinstance(m, nn.modules.dropout._DropoutNd):
@@ -98,6 +99,8 @@ def train(network: nn.Module, batches, bf16: bool):
     for x, quality, sem_target in batches:
         start = time.perf_counter()
         optimizer.zero_grad(set_to_none=True)
+        if round_inputs:
+            x = x.bfloat16().float()
         with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             regression, sem_logits = network(x)
         loss = loss_fn(regression.float(), sem_logits.float(), quality, sem_target)["loss"]
@@ -128,13 +131,16 @@ def main() -> None:
     initial = QCResUNet(input_channels=7, num_regions=3)
     print("output dtypes under bf16 autocast:", layer_dtypes(initial, held_out[:1], True))
 
-    variants = {"fp32": (False, None), "bf16": (True, None), "bf16, regression head fp32": (True, "regression head"),
+    # the control: fp32 on inputs rounded to bf16, i.e. how far a perturbation as small as bf16's rounding of the
+    # input alone moves the steps (later steps diverge through Adam whatever the cause)
+    variants = {"fp32": (False, None), "fp32 on bf16-rounded inputs": (False, "round inputs"), "bf16": (True, None),
+                "bf16, regression head fp32": (True, "regression head"),
                 "bf16, SEM head fp32": (True, "SEM head"), "bf16, instance norms fp32": (True, "instance norms"),
                 "bf16, norms + heads fp32": (True, "instance norms and heads")}
     results = {}
     for name, (bf16, part) in variants.items():
         network = keep_in_fp32(copy.deepcopy(initial), part)
-        losses, grad, seconds = train(network, batches, bf16)
+        losses, grad, seconds = train(network, batches, bf16, round_inputs=part == "round inputs")
         network.eval()
         with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
             regression, sem = network(held_out)

@@ -36,6 +36,7 @@ from nnqc.network_architecture.build import build_network
 from nnqc.preprocessing.preprocessor import nnQCPlansManager
 from nnqc.qc_data.targets_table import read_targets
 from nnqc.sampling import balanced_subset
+from nnqc.training.cpu_bf16 import instance_norms_in_fp32
 from nnqc.training.data_loader import iterate_batches, nnQCDataLoader
 from nnqc.training.logger import nnQCLocalLogger
 from nnqc.training.loss import QCLoss
@@ -65,9 +66,9 @@ class nnQCTrainer(nnUNetTrainer):
     resampled to equal DSC-bin counts): their number divided by the batch size, as the paper's 98 048 samples
     at batch 4 make 24 512 iterations; batches themselves are drawn afresh from all training samples.
 
-    On a CPU with native bf16 (AMX or AVX-512 BF16, detected at run time) the network runs under bf16 autocast;
-    `cpu_bf16_autocast = False` (a hyperparameter, or nnQC_train --fp32) or NNQC_CPU_BF16=0 keeps it in fp32.
-    The loss is always computed in fp32."""
+    On a CPU with native bf16 (AMX or AVX-512 BF16, detected at run time) the network runs under bf16 autocast,
+    its instance norms in fp32; `cpu_bf16_autocast = False` (a hyperparameter, or nnQC_train --fp32) or
+    NNQC_CPU_BF16=0 keeps it all in fp32. The loss is always computed in fp32."""
 
     network_class_name: str | None = None  # None: the network the plans name
     network_kwargs_overrides: dict = {}
@@ -127,6 +128,8 @@ class nnQCTrainer(nnUNetTrainer):
             super().initialize()
         finally:
             self.is_ddp = self.is_ddp or cpu_ranks
+        # acts only under CPU bf16 autocast (see nnqc.training.cpu_bf16)
+        instance_norms_in_fp32(self._unwrapped_network())
         if cpu_ranks:
             self._set_batch_size_and_oversample()  # the global batch split over the ranks, as nnU-Net does
             self.network = DistributedDataParallel(self.network)
@@ -161,8 +164,8 @@ class nnQCTrainer(nnUNetTrainer):
         if self.device.type == "cuda":
             return "mixed precision (fp16 autocast, loss in fp32)"
         if self.uses_cpu_bf16():
-            return (f"bf16 autocast on this CPU's native bf16 (loss in fp32; cpu_bf16_autocast = False or "
-                    f"{OVERRIDE_VARIABLE}=0 for fp32)")
+            return (f"bf16 autocast on this CPU's native bf16 (instance norms and loss in fp32; "
+                    f"cpu_bf16_autocast = False or {OVERRIDE_VARIABLE}=0 for fp32)")
         if self.device.type == "cpu" and self.cpu_bf16_autocast:
             if os.environ.get(OVERRIDE_VARIABLE, "").strip() == "0":
                 return f"fp32 ({OVERRIDE_VARIABLE}=0)"
