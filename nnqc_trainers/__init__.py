@@ -9,8 +9,8 @@ from nnqc_trainers.nnQCTrainer_architectures import (
 )
 from nnqc_trainers.nnQCTrainer_loss import nnQCTrainer_Lambda0_1, nnQCTrainer_Lambda2
 from nnqc_trainers.nnQCTrainer_ModalityDropout import nnQCTrainer_ModalityDropout
-from nnqc_trainers.nnQCTrainer_schedules import nnQCTrainer_2epochs, nnQCTrainer_CPUDemo
+from nnqc_trainers.nnQCTrainer_schedules import nnQCTrainer_2epochs, nnQCTrainer_250it, nnQCTrainer_CPUDemo
 
 __all__ = ["nnQCTrainer", "nnQCTrainer_NoAttention", "nnQCTrainer_NoRegression", "nnQCTrainer_ResNet34",
            "nnQCTrainer_ResNet50", "nnQCTrainer_UNet", "nnQCTrainer_Lambda0_1", "nnQCTrainer_Lambda2",
-           "nnQCTrainer_ModalityDropout", "nnQCTrainer_2epochs", "nnQCTrainer_CPUDemo"]
+           "nnQCTrainer_ModalityDropout", "nnQCTrainer_250it", "nnQCTrainer_2epochs", "nnQCTrainer_CPUDemo"]

@@ -3,10 +3,14 @@
 A training example is (subject images, one candidate) at the plan's fixed input shape. The network sees the
 z-scored images plus the candidate's C region masks and learns the stored DSC and NSD (MAE) and the SEMs
 recomputed from the augmented reference and candidate (Dice + BCE, weighted by λ).
+
+Multi-process training (DistributedDataParallel, nnU-Net's way) cannot hang in validation: validation makes no
+collective call per step and every rank runs the same number of steps (see nnqc.training.validation_shards).
 """
 from __future__ import annotations
 
 import math
+import os
 from time import time
 
 import numpy as np
@@ -14,7 +18,7 @@ import pandas as pd
 import torch
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
-from batchgenerators.utilities.file_and_folder_operations import join, maybe_mkdir_p, save_json
+from batchgenerators.utilities.file_and_folder_operations import join, maybe_mkdir_p
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
@@ -22,19 +26,29 @@ from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import autocast, nn
 from torch import distributed as dist
+from torch.nn.parallel import DistributedDataParallel
 
+from nnqc.atomic_files import replace_atomically, write_json_atomically
+from nnqc.cpu_features import OVERRIDE_VARIABLE, cpu_has_native_bf16
 from nnqc.evaluation.qc_metrics import regression_summary, sem_dice_summary
 from nnqc.metrics.regions import get_regions
 from nnqc.network_architecture.build import build_network
 from nnqc.preprocessing.preprocessor import nnQCPlansManager
 from nnqc.qc_data.targets_table import read_targets
 from nnqc.sampling import balanced_subset
+from nnqc.training.cpu_bf16 import instance_norms_in_fp32
 from nnqc.training.data_loader import iterate_batches, nnQCDataLoader
 from nnqc.training.logger import nnQCLocalLogger
 from nnqc.training.loss import QCLoss
 from nnqc.training.lr_schedule import ExponentialDecayLR
 from nnqc.training.qc_inputs import network_input, sem_targets
 from nnqc.training.transforms import qc_training_transforms
+from nnqc.training.validation_shards import PADDING_COLUMN, drop_padding, shard_for_rank
+
+# qc_predictions_all.csv: every validation sample of the fold, in its natural distribution (out-of-fold
+# predictions for calibration); per-region true DSC and DSC_SEM columns follow these
+ALL_PREDICTIONS_COLUMNS = ("sample", "subject", "source", "generator", "dsc", "nsd", "predicted_dsc",
+                           "predicted_nsd")
 
 
 def sem_dice_per_sample(sem_logits: torch.Tensor, sem_target: torch.Tensor) -> torch.Tensor:
@@ -48,27 +62,40 @@ def sem_dice_per_sample(sem_logits: torch.Tensor, sem_target: torch.Tensor) -> t
 
 class nnQCTrainer(nnUNetTrainer):
     """Paper defaults: Adam, lr 2.1e-4, weight decay 1e-4, batch 4 (plans), 100 epochs, lr × 0.9 per epoch down
-    to 1e-6, λ = 1. An epoch is nnU-Net's 250 iterations (1000 balanced examples at batch 4)."""
+    to 1e-6, λ = 1. An epoch is one pass over the fold's balanced training samples (the training samples
+    resampled to equal DSC-bin counts): their number divided by the batch size, as the paper's 98 048 samples
+    at batch 4 make 24 512 iterations; batches themselves are drawn afresh from all training samples.
+
+    On a CPU with native bf16 (AMX or AVX-512 BF16, detected at run time) the network runs under bf16 autocast,
+    its instance norms in fp32; `cpu_bf16_autocast = False` (a hyperparameter, or nnQC_train --fp32) or
+    NNQC_CPU_BF16=0 keeps it all in fp32. The loss is always computed in fp32."""
 
     network_class_name: str | None = None  # None: the network the plans name
     network_kwargs_overrides: dict = {}
+    # the logged validation value that checkpoint_best follows: one metric for the whole run, NaN never wins
+    best_checkpoint_metric: str = "val_dsc_r"
     # variants change settings here rather than in __init__ (nnU-Net records __init__'s exact signature)
     hyperparameters: dict = {}
 
     def __init__(self, plans: dict, configuration: str, fold: int, dataset_json: dict,
                  device: torch.device = torch.device("cuda")):
         super().__init__(plans, configuration, fold, dataset_json, device)
+        if self.is_ddp and device.type != "cuda":
+            # nnU-Net's DDP assumes one GPU per rank; ranks on the CPU (gloo) keep the device they were given
+            self.device = device
+            self.grad_scaler = None
         self.initial_lr = 2.1e-4
         self.weight_decay = 1e-4
         self.lr_decay = 0.9
         self.min_lr = 1e-6
         self.num_epochs = 100
-        self.num_iterations_per_epoch = 250
+        self.num_iterations_per_epoch: int | None = None  # None: one pass over the balanced training samples
         self.num_val_samples_per_epoch = 200
         self.sem_loss_weight = 1.0
         self.grad_clip = 12.0
         self.enable_deep_supervision = False
         self.save_every = 1
+        self.cpu_bf16_autocast = True  # where the CPU has native bf16
         # plans classes that resolve reader, resampling and normalization from explicit tables, not by name
         self.plans_manager = nnQCPlansManager(self.plans_manager.plans)
         self.configuration_manager = self.plans_manager.get_configuration(configuration)
@@ -80,7 +107,7 @@ class nnQCTrainer(nnUNetTrainer):
                 raise AttributeError(f"{type(self).__name__}.hyperparameters sets unknown attribute {name!r}")
             setattr(self, name, value)
 
-    # ---- network, loss, optimiser -------------------------------------------------------------------------------
+    # ---- network, loss, optimiser, precision ---------------------------------------------------------------------
     @classmethod
     def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
                                    num_input_channels: int, num_output_channels: int,
@@ -91,33 +118,101 @@ class nnQCTrainer(nnUNetTrainer):
                              configuration_manager.network_arch_init_kwargs_req_import,
                              **cls.network_kwargs_overrides)
 
+    def initialize(self) -> None:
+        """nnU-Net's, plus a validation loss without collective calls, and DDP on CPU ranks (gloo): nnU-Net
+        wraps the network for one GPU per rank, which a CPU module refuses."""
+        cpu_ranks = self.is_ddp and self.device.type != "cuda"
+        if cpu_ranks:
+            self.is_ddp = False
+        try:
+            super().initialize()
+        finally:
+            self.is_ddp = self.is_ddp or cpu_ranks
+        # acts only under CPU bf16 autocast (see nnqc.training.cpu_bf16)
+        instance_norms_in_fp32(self._unwrapped_network())
+        if cpu_ranks:
+            self._set_batch_size_and_oversample()  # the global batch split over the ranks, as nnU-Net does
+            self.network = DistributedDataParallel(self.network)
+            self.loss = self._build_loss()
+        self.validation_loss = QCLoss(self.sem_loss_weight, ddp=False)
+
     def set_deep_supervision_enabled(self, enabled: bool) -> None:
         """QCResUNet has no deep supervision."""
 
     def plot_network_architecture(self) -> None:
         n = sum(p.numel() for p in self.network.parameters())
-        self.print_to_log_file(f"network: {type(self.network).__name__}, {n / 1e6:.2f} M parameters")
+        self.print_to_log_file(f"network: {type(self._unwrapped_network()).__name__}, {n / 1e6:.2f} M parameters")
+        self.print_to_log_file(f"precision: {self.precision_description()}")
 
     def _build_loss(self) -> nn.Module:
+        # training steps run in lockstep on all ranks, so the batch Dice may gather over them (nnU-Net's way)
         return QCLoss(self.sem_loss_weight, ddp=self.is_ddp)
 
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay)
         return optimizer, ExponentialDecayLR(optimizer, self.initial_lr, self.lr_decay, self.min_lr)
 
+    def _unwrapped_network(self) -> nn.Module:
+        """The network without its DDP wrapper: called directly it makes no collective call."""
+        return self.network.module if isinstance(self.network, DistributedDataParallel) else self.network
+
+    def uses_cpu_bf16(self) -> bool:
+        """bf16 autocast on the CPU: asked for, on a CPU device, and the CPU computes bf16 natively."""
+        return self.cpu_bf16_autocast and self.device.type == "cpu" and cpu_has_native_bf16()
+
+    def precision_description(self) -> str:
+        if self.device.type == "cuda":
+            return "mixed precision (fp16 autocast, loss in fp32)"
+        if self.uses_cpu_bf16():
+            return (f"bf16 autocast on this CPU's native bf16 (instance norms and loss in fp32; "
+                    f"cpu_bf16_autocast = False or {OVERRIDE_VARIABLE}=0 for fp32)")
+        if self.device.type == "cpu" and self.cpu_bf16_autocast:
+            if os.environ.get(OVERRIDE_VARIABLE, "").strip() == "0":
+                return f"fp32 ({OVERRIDE_VARIABLE}=0)"
+            return "fp32 (this CPU has no native bf16)"
+        return "fp32"
+
+    def _autocast(self):
+        if self.device.type == "cuda":
+            return autocast("cuda", enabled=True)
+        if self.uses_cpu_bf16():
+            return autocast("cpu", dtype=torch.bfloat16)
+        return dummy_context()
+
     # ---- data ---------------------------------------------------------------------------------------------------
     def _samples_of(self, subjects) -> pd.DataFrame:
         targets = read_targets(join(self.preprocessed_dataset_folder_base, "qc_targets.csv"))
         return targets[targets["subject"].isin(set(subjects))].reset_index(drop=True)
 
-    def balanced_validation_samples(self) -> pd.DataFrame:
-        """The fold's validation samples, deterministically resampled to equal DSC-bin counts (SPEC §4)."""
+    def validation_samples(self) -> pd.DataFrame:
+        """All QC samples of the fold's validation subjects, in their natural distribution."""
         _, val_keys = self.do_split()
         samples = self._samples_of(val_keys)
+        if len(samples) == 0:
+            raise RuntimeError(f"fold {self.fold}: qc_targets.csv has no samples of the validation subjects "
+                               f"{sorted(val_keys)[:5]}")
+        return samples
+
+    def balanced_validation_samples(self) -> pd.DataFrame:
+        """The fold's validation samples, deterministically resampled to equal DSC-bin counts (SPEC §4)."""
+        samples = self.validation_samples()
         return samples.iloc[balanced_subset(samples["dsc"].to_numpy())].reset_index(drop=True)
 
+    def epoch_length(self, training_samples: pd.DataFrame) -> int:
+        """Iterations in one pass over the balanced training samples at the (global) batch size."""
+        balanced = len(balanced_subset(training_samples["dsc"].to_numpy()))
+        return max(1, math.ceil(balanced / self.configuration_manager.batch_size))
+
+    def _validation_batch_size(self) -> int:
+        """The same on every rank (nnU-Net gives ranks unequal shares of the batch when it does not divide)."""
+        return math.ceil(self.configuration_manager.batch_size / dist.get_world_size()) if self.is_ddp \
+            else self.batch_size
+
     def _this_rank(self, samples: pd.DataFrame) -> pd.DataFrame:
-        return samples.iloc[dist.get_rank()::dist.get_world_size()] if self.is_ddp else samples
+        """This rank's share of `samples`, padded so that every rank gets as many (see validation_shards)."""
+        if self.is_ddp:
+            return shard_for_rank(samples, dist.get_rank(), dist.get_world_size())
+        return samples.assign(**{PADDING_COLUMN: False})
 
     def get_dataloaders(self):
         if self.dataset_class is None:
@@ -126,9 +221,15 @@ class nnQCTrainer(nnUNetTrainer):
         patch_size = self.configuration_manager.patch_size
         _, dummy_2d, _, mirror_axes = self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         transforms = qc_training_transforms(patch_size, dummy_2d=dummy_2d, mirror_axes=mirror_axes)
-        loader = nnQCDataLoader(self.dataset_class(self.preprocessed_dataset_folder, tr_keys),
-                                self._samples_of(tr_keys), self.preprocessed_dataset_folder, self.batch_size,
-                                patch_size, transforms)
+        training_samples = self._samples_of(tr_keys)
+        loader = nnQCDataLoader(self.dataset_class(self.preprocessed_dataset_folder, tr_keys), training_samples,
+                                self.preprocessed_dataset_folder, self.batch_size, patch_size, transforms)
+        if self.num_iterations_per_epoch is None:
+            self.num_iterations_per_epoch = self.epoch_length(training_samples)
+            self.print_to_log_file(
+                f"one epoch = one pass over the fold's {len(balanced_subset(training_samples['dsc'].to_numpy()))} "
+                f"balanced training samples (of {len(training_samples)}): {self.num_iterations_per_epoch} "
+                f"iterations of batch {self.configuration_manager.batch_size}")
         n_proc = get_allowed_n_proc_DA()
         if n_proc == 0:
             train = SingleThreadedAugmenter(loader, None)
@@ -141,13 +242,15 @@ class nnQCTrainer(nnUNetTrainer):
             keep = np.random.default_rng(0).choice(len(val_samples), self.num_val_samples_per_epoch, replace=False)
             val_samples = val_samples.iloc[np.sort(keep)]
         val_samples = self._this_rank(val_samples)
-        self.num_val_iterations_per_epoch = max(1, math.ceil(len(val_samples) / self.batch_size))
+        batch_size = self._validation_batch_size()
+        # equal on every rank: the shares are padded to one length
+        self.num_val_iterations_per_epoch = math.ceil(len(val_samples) / batch_size)
         dataset_val = self.dataset_class(self.preprocessed_dataset_folder, val_keys)
 
         def validation_batches():
             while True:
-                yield from iterate_batches(dataset_val, val_samples, self.preprocessed_dataset_folder,
-                                           self.batch_size, patch_size)
+                yield from iterate_batches(dataset_val, val_samples, self.preprocessed_dataset_folder, batch_size,
+                                           patch_size)
 
         return train, validation_batches()
 
@@ -156,24 +259,28 @@ class nnQCTrainer(nnUNetTrainer):
         """Hook for training-time input perturbations beyond augmentation (see nnQCTrainer_ModalityDropout)."""
         return images
 
-    def _forward(self, batch: dict, train: bool):
+    def _inputs(self, batch: dict, train: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Network input, (B, 2) true DSC/NSD and (B, C) true SEMs of a batch, on the device."""
         images = batch["data"].to(self.device, non_blocking=True)
         reference = batch["reference"].to(self.device, non_blocking=True)
         candidate = batch["candidate"].to(self.device, non_blocking=True)
         quality = batch["quality"].to(self.device, non_blocking=True)
         if train:
             images = self.perturb_images(images)
-        x = network_input(images, candidate, self.regions)
-        sem_target = sem_targets(reference, candidate, self.regions)
-        with autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context():
-            regression, sem_logits = self.network(x)
-            terms = self.loss(regression, sem_logits, quality, sem_target)
-        return regression, sem_logits, sem_target, terms
+        return network_input(images, candidate, self.regions), quality, sem_targets(reference, candidate, self.regions)
+
+    def _run_network(self, network: nn.Module, x: torch.Tensor):
+        """(regression, SEM logits) under this trainer's autocast, returned in fp32 (the loss is computed in fp32)."""
+        with self._autocast():
+            regression, sem_logits = network(x)
+        return (None if regression is None else regression.float(),
+                None if sem_logits is None else sem_logits.float())
 
     def train_step(self, batch: dict) -> dict:
         self.optimizer.zero_grad(set_to_none=True)
-        _, _, _, terms = self._forward(batch, train=True)
-        loss = terms["loss"]
+        x, quality, sem_target = self._inputs(batch, train=True)
+        regression, sem_logits = self._run_network(self.network, x)
+        loss = self.loss(regression, sem_logits, quality, sem_target)["loss"]
         if self.grad_scaler is not None:
             self.grad_scaler.scale(loss).backward()
             self.grad_scaler.unscale_(self.optimizer)
@@ -187,34 +294,46 @@ class nnQCTrainer(nnUNetTrainer):
         return {"loss": loss.detach().cpu().numpy()}
 
     def validation_step(self, batch: dict) -> dict:
+        """Per-sample outputs of one batch; the unwrapped network and a local loss, so no collective call. The
+        loss covers the batch's real samples only (NaN for a batch of padding)."""
         with torch.no_grad():
-            regression, sem_logits, sem_target, terms = self._forward(batch, train=False)
+            x, quality, sem_target = self._inputs(batch, train=False)
+            regression, sem_logits = self._run_network(self._unwrapped_network(), x)
+            real = torch.from_numpy(~np.asarray(batch[PADDING_COLUMN], dtype=bool)).to(self.device)
+            loss = float("nan")
+            if real.any():
+                loss = float(self.validation_loss(None if regression is None else regression[real],
+                                                  None if sem_logits is None else sem_logits[real],
+                                                  quality[real], sem_target[real])["loss"])
         n = len(batch["samples"])
-        out = {"loss": terms["loss"].detach().cpu().numpy(), "samples": list(batch["samples"]),
-               "true": batch["quality"].numpy(),
-               "predicted": (regression.float().clamp(0, 1).cpu().numpy() if regression is not None
-                             else np.full((n, 2), np.nan, dtype=np.float32)),
-               "sem_dice": (sem_dice_per_sample(sem_logits, sem_target).cpu().numpy() if sem_logits is not None
-                            else np.full((n, len(self.regions)), np.nan))}
-        return out
+        return {"loss": loss, "samples": list(batch["samples"]), "true": batch["quality"].numpy(),
+                PADDING_COLUMN: np.asarray(batch[PADDING_COLUMN], dtype=bool),
+                "predicted": (regression.clamp(0, 1).cpu().numpy() if regression is not None
+                              else np.full((n, 2), np.nan, dtype=np.float32)),
+                "sem_dice": (sem_dice_per_sample(sem_logits, sem_target).cpu().numpy() if sem_logits is not None
+                             else np.full((n, len(self.regions)), np.nan))}
 
     def _gather(self, outputs: list[dict]) -> dict:
-        """Per-sample validation outputs of all batches (of all ranks), concatenated; batches may be ragged."""
+        """Per-sample validation outputs of all batches of all ranks (one collective call, after the last step),
+        padding dropped; batches may be ragged. "loss" holds the per-batch losses."""
         if self.is_ddp:
             everything = [None] * dist.get_world_size()
             dist.all_gather_object(everything, outputs)
             outputs = [o for rank in everything for o in rank]
-        return {"loss": np.array([o["loss"] for o in outputs]),
-                "samples": [s for o in outputs for s in o["samples"]],
-                **{k: np.concatenate([o[k] for o in outputs]) for k in ("true", "predicted", "sem_dice")}}
+        per_sample = {"samples": [s for o in outputs for s in o["samples"]],
+                      **{k: np.concatenate([o[k] for o in outputs]) for k in ("true", "predicted", "sem_dice")}}
+        padding = np.concatenate([o[PADDING_COLUMN] for o in outputs])
+        return {"loss": np.array([o["loss"] for o in outputs], dtype=np.float64), **drop_padding(per_sample, padding)}
 
     def on_validation_epoch_end(self, val_outputs: list[dict]) -> None:
         out = self._gather(val_outputs)
         dsc = regression_summary(out["true"][:, 0], out["predicted"][:, 0])
         nsd = regression_summary(out["true"][:, 1], out["predicted"][:, 1])
-        sem = np.nanmean(out["sem_dice"], axis=0)
+        sem = np.nanmean(out["sem_dice"], axis=0) if np.isfinite(out["sem_dice"]).any() \
+            else np.full(len(self.regions), np.nan)
         epoch = self.current_epoch
-        self.logger.log("val_losses", float(np.mean(out["loss"])), epoch)
+        losses = out["loss"][np.isfinite(out["loss"])]
+        self.logger.log("val_losses", float(losses.mean()) if losses.size else float("nan"), epoch)
         self.logger.log("mean_fg_dice", float(np.nanmean(sem)) if np.isfinite(sem).any() else float("nan"), epoch)
         self.logger.log("dice_per_class_or_region", [float(v) for v in sem], epoch)
         for key, value in (("val_dsc_r", dsc["r"]), ("val_dsc_mae", dsc["mae"]), ("val_nsd_r", nsd["r"]),
@@ -222,9 +341,8 @@ class nnQCTrainer(nnUNetTrainer):
             self.logger.log(key, value, epoch)
 
     def _score(self) -> float:
-        """checkpoint_best criterion: validation DSC r (DSC_SEM for the SEM-only ablation)."""
-        r = self.logger.get_value("val_dsc_r", step=-1)
-        return r if np.isfinite(r) else self.logger.get_value("mean_fg_dice", step=-1)
+        """checkpoint_best criterion: always the same logged metric (validation DSC r by default)."""
+        return float(self.logger.get_value(self.best_checkpoint_metric, step=-1))
 
     def on_epoch_end(self) -> None:
         self.logger.log("epoch_end_timestamps", time(), self.current_epoch)
@@ -238,50 +356,84 @@ class nnQCTrainer(nnUNetTrainer):
         if (epoch + 1) % self.save_every == 0 and epoch != self.num_epochs - 1:
             self.save_checkpoint(join(self.output_folder, "checkpoint_latest.pth"))
         score = self._score()
-        if np.isfinite(score) and (self._best_score is None or score > self._best_score):
+        if not np.isfinite(score):
+            self.print_to_log_file(f"{self.best_checkpoint_metric} is {score}: checkpoint_best not updated")
+        elif self._best_score is None or score > self._best_score:
             self._best_score = score
             self._best_ema = score  # stored in checkpoints by nnU-Net
-            self.print_to_log_file(f"New best validation score: {score:.4f}")
+            self.print_to_log_file(f"New best {self.best_checkpoint_metric}: {score:.4f}")
             self.save_checkpoint(join(self.output_folder, "checkpoint_best.pth"))
         if self.local_rank == 0:
             self.logger.plot_progress_png(self.output_folder)
         self.current_epoch += 1
+
+    def on_train_end(self) -> None:
+        super().on_train_end()
+        if self._best_score is None:
+            self.print_to_log_file(f"WARNING: {self.best_checkpoint_metric} was never finite, so no "
+                                   f"checkpoint_best.pth was written; use checkpoint_final.pth")
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
         super().load_checkpoint(filename_or_checkpoint)
         self._best_score = self._best_ema
 
     # ---- final validation ---------------------------------------------------------------------------------------
-    def perform_actual_validation(self, save_probabilities: bool = False) -> dict | None:
-        """Predict the whole deterministically balanced validation set of the fold and write per-sample
-        predictions (validation/qc_predictions.csv) and a summary (validation/summary.json)."""
+    def predict_samples(self, samples: pd.DataFrame) -> pd.DataFrame:
+        """Predictions of the current network for `samples` (validation subjects), split over the ranks; every
+        rank must call it, rank 0 gets the table (same rows and order as `samples`), the others None. Columns:
+        predicted_dsc, predicted_nsd, dsc_sem_<region>."""
         self.network.eval()
         if self.dataset_class is None:
             self.dataset_class = infer_dataset_class(self.preprocessed_dataset_folder)
         _, val_keys = self.do_split()
-        samples = self.balanced_validation_samples()
         dataset = self.dataset_class(self.preprocessed_dataset_folder, val_keys)
         outputs = [self.validation_step(batch) for batch in
                    iterate_batches(dataset, self._this_rank(samples), self.preprocessed_dataset_folder,
-                                   self.batch_size, self.configuration_manager.patch_size)]
-        out = self._gather(outputs) if outputs else None
-        if self.local_rank != 0 or out is None:
+                                   self._validation_batch_size(), self.configuration_manager.patch_size)]
+        out = self._gather(outputs)
+        if self.local_rank != 0:
             return None
-        table = samples.set_index("sample").loc[out["samples"]].reset_index()
-        table = table[["sample", "subject", "source", "dsc", "nsd"]].copy()
-        table["predicted_dsc"], table["predicted_nsd"] = out["predicted"][:, 0], out["predicted"][:, 1]
-        for i, name in enumerate(self.region_names):
-            table[f"dsc_sem_{name}"] = out["sem_dice"][:, i]
+        predicted = pd.DataFrame({"predicted_dsc": out["predicted"][:, 0], "predicted_nsd": out["predicted"][:, 1],
+                                  **{f"dsc_sem_{name}": out["sem_dice"][:, i]
+                                     for i, name in enumerate(self.region_names)}}, index=out["samples"])
+        if predicted.index.has_duplicates or set(predicted.index) != set(samples["sample"]):
+            raise RuntimeError(f"fold {self.fold}: the validation predictions do not cover the validation samples "
+                               f"exactly once ({len(predicted)} predictions for {len(samples)} samples)")
+        return predicted.loc[samples["sample"]].reset_index(drop=True)
+
+    def perform_actual_validation(self, save_probabilities: bool = False) -> dict | None:
+        """Predict every validation sample of the fold and write
+        - validation/qc_predictions_all.csv: all of them, in their natural distribution (out-of-fold predictions
+          for calibration): sample, subject, source, generator, true and predicted DSC/NSD, per-region true DSC
+          and DSC_SEM;
+        - validation/qc_predictions.csv and summary.json: the deterministically balanced subset (SPEC §4), whose
+          metrics are the reported validation figures (summary.json also has those of all samples)."""
+        samples = self.validation_samples()
+        predicted = self.predict_samples(samples)
+        if predicted is None:
+            return None
+        everything = pd.concat([samples, predicted], axis=1)
+        region_dsc = [f"dsc_{name}" for name in self.region_names if f"dsc_{name}" in everything]
+        sem_columns = [f"dsc_sem_{name}" for name in self.region_names]
+        all_table = everything[[c for c in ALL_PREDICTIONS_COLUMNS if c in everything] + region_dsc + sem_columns]
+        table = everything.iloc[balanced_subset(everything["dsc"].to_numpy())]
+        table = table[["sample", "subject", "source", "dsc", "nsd", "predicted_dsc", "predicted_nsd",
+                       *sem_columns]].reset_index(drop=True)
         summary = {"fold": self.fold, "num_samples": len(table), "trainer": type(self).__name__,
                    "dsc": regression_summary(table["dsc"], table["predicted_dsc"]),
                    "nsd": regression_summary(table["nsd"], table["predicted_nsd"]),
-                   "dsc_sem": sem_dice_summary(out["sem_dice"], self.region_names)}
+                   "dsc_sem": sem_dice_summary(table[sem_columns].to_numpy(), self.region_names),
+                   "all_samples": {"num_samples": len(all_table),
+                                   "dsc": regression_summary(all_table["dsc"], all_table["predicted_dsc"]),
+                                   "nsd": regression_summary(all_table["nsd"], all_table["predicted_nsd"])}}
         folder = join(self.output_folder, "validation")
         maybe_mkdir_p(folder)
-        table.to_csv(join(folder, "qc_predictions.csv"), index=False)
-        save_json(summary, join(folder, "summary.json"), sort_keys=False)
+        for name, frame in (("qc_predictions_all.csv", all_table), ("qc_predictions.csv", table)):
+            replace_atomically(join(folder, name), lambda path, frame=frame: frame.to_csv(path, index=False))
+        write_json_atomically(join(folder, "summary.json"), summary)
         self.print_to_log_file(f"final validation on {len(table)} balanced samples: DSC r {summary['dsc']['r']:.4f} "
                                f"MAE {summary['dsc']['mae']:.4f}, NSD r {summary['nsd']['r']:.4f} MAE "
-                               f"{summary['nsd']['mae']:.4f}, DSC_SEM {summary['dsc_sem']['mean']:.4f}")
+                               f"{summary['nsd']['mae']:.4f}, DSC_SEM {summary['dsc_sem']['mean']:.4f}; on all "
+                               f"{len(all_table)} validation samples: DSC r {summary['all_samples']['dsc']['r']:.4f}, "
+                               f"NSD r {summary['all_samples']['nsd']['r']:.4f}")
         return summary
-

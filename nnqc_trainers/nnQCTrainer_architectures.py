@@ -29,5 +29,6 @@ class nnQCTrainer_NoAttention(nnQCTrainer):
 
 
 class nnQCTrainer_NoRegression(nnQCTrainer):
-    """Ablation: QCResUNet trained on the SEM task alone."""
+    """Ablation: QCResUNet trained on the SEM task alone; checkpoint_best follows the validation DSC_SEM."""
     network_class_name = "nnqc.network_architecture.baselines.QCResUNetNoRegression"
+    best_checkpoint_metric = "mean_fg_dice"

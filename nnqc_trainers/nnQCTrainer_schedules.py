@@ -1,5 +1,15 @@
-"""Short schedules, for tests, the demo and quick experiments on CPU."""
+"""Schedules other than the paper's (nnQCTrainer: 100 epochs of one pass over the balanced training samples).
+
+nnQCTrainer_250it keeps nnU-Net's fixed 250-iteration epochs; the short ones are for tests, the demo and quick
+experiments on CPU, with explicit iteration counts.
+"""
 from nnqc_trainers.nnQCTrainer import nnQCTrainer
+
+
+class nnQCTrainer_250it(nnQCTrainer):
+    """nnU-Net's epochs of 250 iterations (1000 balanced examples at batch 4), 100 of them, lr × 0.9 per epoch
+    (at its 1e-6 floor from epoch 51 on, counting from 0)."""
+    hyperparameters = {"num_iterations_per_epoch": 250}
 
 
 class nnQCTrainer_2epochs(nnQCTrainer):
@@ -10,7 +20,8 @@ class nnQCTrainer_2epochs(nnQCTrainer):
 class nnQCTrainer_CPUDemo(nnQCTrainer):
     """The paper's recipe (QCResUNet, dropout 0.3, Adam at lr 2.1e-4) on a short CPU schedule: 32 epochs of 50
     iterations with the decay of × 0.9 per 250 iterations, validation on 40 samples per epoch, checkpoint_latest
-    every 6 epochs (a checkpoint with Adam's state is about 200 MB).
+    every 6 epochs (a checkpoint with Adam's state is about 200 MB). bf16 autocast where the CPU has native bf16
+    (nnQCTrainer's default).
 
     On CPU, learning rates above the paper's made the regression collapse to a near-constant output within
     such a schedule (measured with benchmarks/benchmark_learning.py)."""

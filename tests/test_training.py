@@ -46,6 +46,21 @@ def test_training_writes_checkpoints_logs_and_validation(pipeline_env):
     assert set(predictions["subject"]) <= set(splits[0]["val"])
     counts = np.bincount(dsc_bins(predictions["dsc"].to_numpy()), minlength=10)
     assert len(set(counts[counts > 0])) == 1
+    # ... and every validation sample, in its natural distribution, for calibration
+    everything = pd.read_csv(join(folder, "validation", "qc_predictions_all.csv"),
+                             dtype={"sample": str, "subject": str})
+    assert list(everything.columns[:8]) == ["sample", "subject", "source", "generator", "dsc", "nsd", "predicted_dsc",
+                                            "predicted_nsd"]
+    assert {"dsc_whole_tumor", "dsc_sem_enhancing_tumor"} <= set(everything.columns)
+    targets = pd.read_csv(join(pipeline_env.preprocessed, f"Dataset{QC_ID}_PhantomQC", "qc_targets.csv"),
+                          dtype={"sample": str, "subject": str})
+    expected = targets[targets["subject"].isin(splits[0]["val"])]
+    assert sorted(everything["sample"]) == sorted(expected["sample"]) and len(everything) > len(predictions)
+    assert summary["all_samples"]["num_samples"] == len(everything)
+    same = everything.set_index("sample").loc[predictions["sample"]]
+    assert np.allclose(same["predicted_dsc"], predictions["predicted_dsc"])
+    assert np.allclose(same["dsc"], predictions["dsc"])
+    assert np.allclose(everything["dsc"], expected.set_index("sample").loc[everything["sample"], "dsc"])
 
 
 def test_continue_training_resumes_where_it_stopped(pipeline_env):
@@ -168,3 +183,51 @@ def test_unknown_trainer_is_a_clear_error():
     with pytest.raises(ValueError, match="nnQCTrainer_ResNet34"):
         get_trainer_class("nnQCTrainer_DoesNotExist")
     assert json.dumps(get_trainer_class("nnQCTrainer_ResNet34").hyperparameters)
+
+
+def _log_epoch(trainer, epoch, dsc_r, dsc_sem):
+    for key, value in (("epoch_start_timestamps", 0.0), ("lrs", 1e-4), ("train_losses", 1.0), ("val_losses", 1.0),
+                       ("val_dsc_r", dsc_r), ("val_dsc_mae", 0.1), ("val_nsd_r", 0.5), ("val_nsd_mae", 0.1),
+                       ("mean_fg_dice", dsc_sem), ("dice_per_class_or_region", [dsc_sem] * 3)):
+        trainer.logger.log(key, value, epoch)
+
+
+@pytest.mark.parametrize("trainer_name, metric", [("nnQCTrainer", "r"), ("nnQCTrainer_NoRegression", "sem")])
+def test_checkpoint_best_follows_one_metric_and_nan_never_wins(pipeline_env, tmp_path, monkeypatch, trainer_name,
+                                                               metric):
+    from nnqc.run.train import get_trainer
+
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
+    trainer = get_trainer(QC_ID, "3d_fullres", 0, trainer_name, device=torch.device("cpu"))
+    trainer.disable_checkpointing = True
+    # (DSC r, DSC_SEM) per epoch; the metric not followed is made to look better whenever it can mislead
+    epochs = [(float("nan"), 0.9), (0.3, 0.2), (float("nan"), 0.99), (0.2, float("nan")), (0.5, 0.1)]
+    if metric == "sem":
+        epochs = [(s, r) for r, s in epochs]
+    best = []
+    for epoch, (dsc_r, dsc_sem) in enumerate(epochs):
+        trainer.current_epoch = epoch
+        _log_epoch(trainer, epoch, dsc_r, dsc_sem)
+        trainer.on_epoch_end()
+        best.append(trainer._best_score)
+    assert best == [None, 0.3, 0.3, 0.3, 0.5]
+
+
+def test_default_epoch_is_one_pass_over_the_balanced_training_samples(pipeline_env, tmp_path, monkeypatch):
+    from nnqc.run.train import get_trainer
+
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
+    monkeypatch.setenv("nnUNet_n_proc_DA", "0")
+    lengths = {}
+    for name in ("nnQCTrainer", "nnQCTrainer_250it", "nnQCTrainer_CPUDemo"):
+        trainer = get_trainer(QC_ID, "3d_fullres", 0, name, device=torch.device("cpu"))
+        trainer.batch_size = trainer.configuration_manager.batch_size
+        trainer.get_dataloaders()
+        lengths[name] = trainer.num_iterations_per_epoch
+        assert trainer.num_epochs == 100 or name == "nnQCTrainer_CPUDemo"
+    train_subjects, _ = trainer.do_split()
+    targets = pd.read_csv(join(pipeline_env.preprocessed, f"Dataset{QC_ID}_PhantomQC", "qc_targets.csv"),
+                          dtype={"subject": str})
+    counts = np.bincount(dsc_bins(targets.loc[targets["subject"].isin(train_subjects), "dsc"].to_numpy()))
+    balanced = counts[counts > 0].min() * (counts > 0).sum()  # every non-empty bin cut to the smallest
+    assert lengths == {"nnQCTrainer": -(-balanced // 4), "nnQCTrainer_250it": 250, "nnQCTrainer_CPUDemo": 50}

@@ -37,10 +37,12 @@ def get_trainer(dataset_name_or_id: str | int, configuration: str, fold: int | s
 
 
 def _train_and_validate(trainer, continue_training: bool, only_run_validation: bool, val_with_best: bool,
-                        disable_checkpointing: bool) -> None:
+                        disable_checkpointing: bool, fp32: bool = False) -> None:
     if continue_training and only_run_validation:
         raise ValueError("--c and --val cannot be combined")
     trainer.disable_checkpointing = disable_checkpointing
+    if fp32:
+        trainer.cpu_bf16_autocast = False
     maybe_load_checkpoint(trainer, continue_training, only_run_validation)
     if torch.cuda.is_available():
         torch.backends.cudnn.deterministic = False
@@ -52,32 +54,49 @@ def _train_and_validate(trainer, continue_training: bool, only_run_validation: b
     trainer.perform_actual_validation()
 
 
-def _run_ddp(rank: int, world_size: int, kwargs: dict, run_kwargs: dict) -> None:
-    dist.init_process_group("nccl", rank=rank, world_size=world_size)
-    torch.cuda.set_device(torch.device("cuda", rank))
+def default_backend(device: torch.device) -> str:
+    """torch.distributed backend for a device: NCCL between GPUs, gloo between CPU processes."""
+    return "nccl" if device.type == "cuda" else "gloo"
+
+
+def _run_ddp(rank: int, world_size: int, kwargs: dict, run_kwargs: dict, backend: str, device_type: str) -> None:
+    dist.init_process_group(backend, rank=rank, world_size=world_size)
+    if device_type == "cuda":
+        torch.cuda.set_device(torch.device("cuda", rank))
+        device = torch.device("cuda", rank)
+    else:
+        # the processes share the cores
+        torch.set_num_threads(max(1, torch.get_num_threads() // world_size))
+        device = torch.device(device_type)
     try:
-        _train_and_validate(get_trainer(**kwargs), **run_kwargs)
+        _train_and_validate(get_trainer(**kwargs, device=device), **run_kwargs)
     finally:
         dist.destroy_process_group()
 
 
 def run_training(dataset_name_or_id: str | int, configuration: str, fold: int | str,
-                 trainer_name: str = "nnQCTrainer", plans_identifier: str = PLANS_IDENTIFIER, num_gpus: int = 1,
-                 continue_training: bool = False, only_run_validation: bool = False, val_with_best: bool = False,
-                 disable_checkpointing: bool = False, device: torch.device = torch.device("cuda")) -> None:
-    """Train (and then validate) one fold; with num_gpus > 1, DistributedDataParallel as nnU-Net does it."""
+                 trainer_name: str | type = "nnQCTrainer", plans_identifier: str = PLANS_IDENTIFIER,
+                 num_gpus: int = 1, continue_training: bool = False, only_run_validation: bool = False,
+                 val_with_best: bool = False, disable_checkpointing: bool = False,
+                 device: torch.device = torch.device("cuda"), backend: str | None = None, fp32: bool = False) -> None:
+    """Train (and then validate) one fold. With num_gpus > 1, DistributedDataParallel as nnU-Net does it: one
+    process per GPU (NCCL), or on device cpu that many CPU processes (gloo; slower than one, for testing the
+    multi-process path). `backend` overrides the choice; `fp32` turns off bf16 autocast on the CPU."""
     if isinstance(fold, str) and fold != "all":
         fold = int(fold)
     kwargs = dict(dataset_name_or_id=dataset_name_or_id, configuration=configuration, fold=fold,
                   trainer_name=trainer_name, plans_identifier=plans_identifier, continue_training=continue_training)
     run_kwargs = dict(continue_training=continue_training, only_run_validation=only_run_validation,
-                      val_with_best=val_with_best, disable_checkpointing=disable_checkpointing)
+                      val_with_best=val_with_best, disable_checkpointing=disable_checkpointing, fp32=fp32)
     if num_gpus > 1:
-        if device.type != "cuda":
-            raise ValueError("-num_gpus > 1 needs -device cuda")
+        if device.type not in ("cuda", "cpu"):
+            raise ValueError(f"-num_gpus > 1 needs -device cuda (or cpu for gloo processes), not {device.type}")
+        if device.type == "cuda" and torch.cuda.device_count() < num_gpus:
+            raise ValueError(f"-num_gpus {num_gpus}: only {torch.cuda.device_count()} GPUs are visible")
         os.environ.setdefault("MASTER_ADDR", "localhost")
         os.environ.setdefault("MASTER_PORT", str(find_free_network_port()))
-        mp.spawn(_run_ddp, args=(num_gpus, kwargs, run_kwargs), nprocs=num_gpus, join=True)
+        mp.spawn(_run_ddp, args=(num_gpus, kwargs, run_kwargs, backend or default_backend(device), device.type),
+                 nprocs=num_gpus, join=True)
     else:
         _train_and_validate(get_trainer(**kwargs, device=device), **run_kwargs)
 
@@ -90,13 +109,16 @@ def train_entry() -> None:
     parser.add_argument("fold", help="fold 0-4, or 'all'")
     parser.add_argument("-tr", default="nnQCTrainer", help="trainer class (default nnQCTrainer)")
     parser.add_argument("-p", default=PLANS_IDENTIFIER, help=f"plans identifier (default {PLANS_IDENTIFIER})")
-    parser.add_argument("-num_gpus", type=int, default=1, help="GPUs for DistributedDataParallel training")
+    parser.add_argument("-num_gpus", type=int, default=1,
+                        help="GPUs for DistributedDataParallel training (with -device cpu: CPU processes, gloo)")
     parser.add_argument("--c", action="store_true", help="continue from the latest checkpoint")
     parser.add_argument("--val", action="store_true", help="only run the final validation (training must be done)")
     parser.add_argument("--val_best", action="store_true", help="validate with checkpoint_best instead of final")
     parser.add_argument("--disable_checkpointing", action="store_true", help="do not write checkpoints")
     parser.add_argument("-device", default="cuda", choices=("cuda", "cpu", "mps"),
                         help="device to train on (default cuda)")
+    parser.add_argument("--fp32", action="store_true",
+                        help="on a CPU with native bf16, train in fp32 instead of under bf16 autocast")
     args = parser.parse_args()
     device = torch.device(args.device)
     if device.type == "cpu":
@@ -104,7 +126,7 @@ def train_entry() -> None:
     elif device.type == "cuda" and not torch.cuda.is_available():
         parser.error("CUDA is not available here; use -device cpu")
     run_training(args.dataset_name_or_id, args.configuration, args.fold, args.tr, args.p, args.num_gpus, args.c,
-                 args.val, args.val_best, args.disable_checkpointing, device)
+                 args.val, args.val_best, args.disable_checkpointing, device, fp32=args.fp32)
 
 
 if __name__ == "__main__":

@@ -16,6 +16,7 @@ from nnunetv2.training.dataloading.nnunet_dataset import nnUNetBaseDataset
 
 from nnqc.preprocessing.cropping import centre_crop_or_pad
 from nnqc.sampling import BalancedBatchSampler
+from nnqc.training.validation_shards import PADDING_COLUMN
 
 CANDIDATES_FOLDER = "candidates"
 
@@ -57,7 +58,10 @@ def collate(examples: Sequence[tuple[np.ndarray, np.ndarray]], rows: pd.DataFram
     labels = torch.stack(labels)
     return {"data": torch.stack(images), "reference": labels[:, :1], "candidate": labels[:, 1:],
             "quality": torch.from_numpy(rows[["dsc", "nsd"]].to_numpy(np.float32, copy=True)),
-            "samples": list(rows["sample"])}
+            "samples": list(rows["sample"]),
+            # validation shards of distributed ranks are padded with repeated samples that must not count
+            PADDING_COLUMN: (rows[PADDING_COLUMN].to_numpy(bool, copy=True) if PADDING_COLUMN in rows
+                             else np.zeros(len(rows), dtype=bool))}
 
 
 class nnQCDataLoader(SlimDataLoaderBase):
