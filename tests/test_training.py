@@ -230,4 +230,4 @@ def test_default_epoch_is_one_pass_over_the_balanced_training_samples(pipeline_e
                           dtype={"subject": str})
     counts = np.bincount(dsc_bins(targets.loc[targets["subject"].isin(train_subjects), "dsc"].to_numpy()))
     balanced = counts[counts > 0].min() * (counts > 0).sum()  # every non-empty bin cut to the smallest
-    assert lengths == {"nnQCTrainer": -(-balanced // 4), "nnQCTrainer_250it": 250, "nnQCTrainer_CPUDemo": 50}
+    assert lengths == {"nnQCTrainer": -(-balanced // 4), "nnQCTrainer_250it": 250, "nnQCTrainer_CPUDemo": 100}
