@@ -25,7 +25,7 @@ def make_candidates_entry() -> None:
                              "channel alone and all; the paper's BraTS set is T1 T1ce T2 FLAIR T1,FLAIR T1ce,T2 all)")
     parser.add_argument("--snapshots", nargs="+", default=list(DEFAULT_SNAPSHOTS), metavar="EPOCH",
                         help="epochs to write candidates at: numbers, or percentages of the trainer's schedule "
-                             f"(default {' '.join(DEFAULT_SNAPSHOTS)})")
+                             f"(default {' '.join(DEFAULT_SNAPSHOTS)})".replace("%", "%%"))
     parser.add_argument("-f", nargs="+", type=int, default=None,
                         help="folds of the split to train (default: all; one fold per machine spreads the work)")
     parser.add_argument("-tr", default=DEFAULT_TRAINER,

@@ -66,8 +66,6 @@ def predict_entry() -> None:
     npp = (0 if on_cpu else 1) if args.npp is None else args.npp
     nps = (1 if on_cpu else 2) if args.nps is None else args.nps
     predictor = nnQCPredictor(device, fp32=args.fp32)
-    print(f"nnQC_predict: network precision {predictor.precision}"
-          + (" (this CPU computes bf16 natively; --fp32 for full precision)" if predictor.precision == "bf16" else ""))
     try:
         folder = args.m if args.m is not None else model_folder(
             args.d, args.tr or "nnQCTrainer", args.p or PLANS_IDENTIFIER, args.c or "3d_fullres")
@@ -75,6 +73,8 @@ def predict_entry() -> None:
         metadata = load_model_metadata(folder, predictor.folds, args.chk)
         metadata.update(trainer=predictor.trainer_name, configuration=predictor.configuration_name)
         print(describe_model(metadata), flush=True)
+        print(f"nnQC_predict: network precision {predictor.precision}" + (
+            " (this CPU computes bf16 natively; --fp32 for full precision)" if predictor.precision == "bf16" else ""))
         table = predictor.predict_from_files(args.i, args.s, args.o, not args.no_maps, args.flag_below,
                                              args.num_parts, args.part_id, args.continue_prediction, npp, nps)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
