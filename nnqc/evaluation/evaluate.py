@@ -173,12 +173,14 @@ def calibration_figures(included: pd.DataFrame, settings: dict) -> tuple[dict | 
     return detection, block, note
 
 
+def number(v, digits: int = 3) -> str:
+    """A figure for printing; n/a when it could not be computed."""
+    return "n/a" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
+
+
 def calibration_lines(result: dict) -> list[str]:
     """The failure-detection, interval, decision and recalibration figures of an evaluation, as text lines
     (what nnQC_evaluate, the demo and the learning benchmark print)."""
-    def number(v, digits=3):
-        return "n/a" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
-
     lines = []
     detection = result.get("failure_detection")
     if detection:
@@ -209,9 +211,6 @@ def calibration_lines(result: dict) -> list[str]:
 
 def format_figures(result: dict) -> str:
     """The evaluation figures as a short plain-text table."""
-    def number(v, digits=3):
-        return "n/a" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
-
     subset = f" (DSC-balanced subset of {result['num_evaluated']})" if result["balanced"] else ""
     lines = [f"nnQC evaluation: {result['num_cases']} case(s){subset}",
              f"{'':8s}{'r':>8s}  {'MAE ± sd':>16s}  {'n':>5s}"]

@@ -43,6 +43,7 @@ from nnqc.inference.input_folder import check_input_folders
 from nnqc.input_files import InputFileError, check_input_file
 from nnqc.metrics.regions import allowed_labels, get_regions, nsd_tolerance_mm
 from nnqc.metrics.sem import decode_sem_bits, encode_sem_bits
+from nnqc.model_sharing.model_metadata import METADATA_FILE
 from nnqc.preprocessing.cropping import (
     Window,
     crop_or_pad_to_window,
@@ -160,6 +161,12 @@ class nnQCPredictor:
                                                                 0, 0, False).to(self.device).eval()
         fingerprint_file = join(model_training_output_dir, FINGERPRINT_FILE)
         self.fingerprint = load_json(fingerprint_file) if isfile(fingerprint_file) else {}
+        metadata_file = join(model_training_output_dir, METADATA_FILE)
+        if not self.fingerprint.get("spacings") and isfile(metadata_file):
+            # an installed model: its nnqc_model.json has the training spacings' range (the fingerprint stays home)
+            spacing_range = load_json(metadata_file).get("training_spacing_range")
+            if spacing_range:
+                self.fingerprint = {**self.fingerprint, "spacings": [spacing_range["min"], spacing_range["max"]]}
         self.load_calibration(recalibrate)
 
     def load_calibration(self, recalibrate: bool = True) -> None:
@@ -179,7 +186,6 @@ class nnQCPredictor:
             data = self._shipped_calibration(folds)
             if data is None:
                 self.calibration_status = {"available": False, "reason": one_line(e)}
-                print(f"WARNING: no calibration, so no intervals and no pass/review/fail decisions: {one_line(e)}")
                 return
             how = "as shipped with the model (its out-of-fold predictions are not in the model folder)"
         self.calibration = Calibration(data, recalibrate=recalibrate)
@@ -457,6 +463,9 @@ class nnQCPredictor:
         if not cases and not problems:
             raise FileNotFoundError(f"no segmentation ({file_ending}) in {segmentations_folder}")
         settings = self._settings(images_folder, segmentations_folder, save_maps, flag_below, num_parts, alpha)
+        if self.calibration is None:
+            print(f"WARNING: no calibration, so no intervals and no pass/review/fail decisions: "
+                  f"{self.calibration_status['reason']}")
         for line in settings["calibration_warnings"]:
             print(f"WARNING: calibration: {line}")
         self._prepare_output_folder(output_folder, settings, {c.case for c in cases} | set(problems),
@@ -545,8 +554,9 @@ class nnQCPredictor:
                 "alpha": alpha, "coverage": 1 - alpha,
                 "recalibration": bool(calibrated and self.calibration.recalibrate),
                 "calibration": self.calibration_status, "calibration_warnings": self.calibration_warnings(alpha),
-                "training_range_checked_against": FINGERPRINT_FILE if self.fingerprint else
-                f"the plans only ({FINGERPRINT_FILE} is not in the model folder: spacing not checked)",
+                "training_range_checked_against": FINGERPRINT_FILE if isfile(join(self.model_folder, FINGERPRINT_FILE))
+                else f"{METADATA_FILE} and the plans" if self.fingerprint.get("spacings")
+                else f"the plans only ({FINGERPRINT_FILE} is not in the model folder: spacing not checked)",
                 "dataset_json": self.dataset_json}
 
     @staticmethod
