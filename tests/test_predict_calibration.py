@@ -4,6 +4,7 @@ import os
 import shutil
 import subprocess
 import sys
+import zipfile
 
 import numpy as np
 import pandas as pd
@@ -17,6 +18,7 @@ from nnqc.calibration.calibrated_quality import CALIBRATED_COLUMNS
 from nnqc.calibration.calibration_file import CALIBRATION_FILE, OUT_OF_FOLD_PREDICTIONS, Calibration
 from nnqc.calibration.decision import FAIL, PASS, REVIEW, decide
 from nnqc.inference.predictor import nnQCPredictor
+from nnqc.model_sharing.export import export_model_folder_to_zip
 
 
 def write_out_of_fold(model: str, fold: int, rng: np.random.Generator, n: int = 200) -> None:
@@ -134,3 +136,14 @@ def test_exported_calibration_is_used_as_shipped(calibrated_model, tmp_path):
     predictor.folds = [0]  # calibration.json was built from folds 0 and 1: not used for fold 0 alone
     predictor.load_calibration()
     assert predictor.calibration is None and "fold 0" in predictor.calibration_status["reason"]
+
+
+def test_export_ships_the_calibration_of_the_exported_folds(calibrated_model, tmp_path):
+    model = str(tmp_path / "results" / "Dataset701_PhantomQC" / os.path.basename(calibrated_model))
+    shutil.copytree(calibrated_model, model)
+    archive = str(tmp_path / "model.zip")
+    metadata = export_model_folder_to_zip(model, archive, folds=["0"])
+    assert metadata["calibration"] == CALIBRATION_FILE
+    with zipfile.ZipFile(archive) as z:
+        shipped = json.loads(z.read(next(n for n in z.namelist() if n.endswith("/" + CALIBRATION_FILE))))
+    assert shipped["built_from"]["folds"] == [0] and shipped["num_samples"] == 200
