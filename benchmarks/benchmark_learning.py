@@ -4,8 +4,10 @@
 
 Phantom source dataset (BraTS-like, small size) -> nnQC_convert -> plan and preprocess -> for each trainer,
 training on CPU until the time budget is spent (whole epochs) -> predictions on held-out subjects whose
-candidates span all quality levels -> Pearson r and MAE of DSC and NSD, DSC_SEM. Targets (QCResUNet):
-DSC r >= 0.85, NSD r >= 0.8, DSC_SEM >= 0.5.
+candidates span all quality levels -> Pearson r and MAE of DSC and NSD, DSC_SEM, then per trainer the calibrated
+figures: DSC interval coverage and mean width at alpha 0.1, AURC beside the optimal and a random ranking,
+pass/review/fail counts, mean error for true DSC > 0.85 raw and recalibrated. Targets (QCResUNet): DSC r >= 0.85,
+NSD r >= 0.8, DSC_SEM >= 0.5, interval coverage >= 0.85.
 """
 import argparse
 import os
@@ -101,7 +103,7 @@ def main() -> None:
         os.makedirs(os.environ[name], exist_ok=True)
     torch.set_num_threads(os.cpu_count() or 1)
     from dataset_conversion.phantoms import write_phantom_dataset
-    from nnqc.evaluation.evaluate import evaluate_predictions
+    from nnqc.evaluation.evaluate import calibration_lines, evaluate_predictions
     from nnqc.experiment_planning.plan_and_preprocess import plan_and_preprocess
     from nnqc.inference.predictor import nnQCPredictor
     from nnqc.qc_data.conversion import convert_dataset
@@ -122,6 +124,7 @@ def main() -> None:
         start = time.time()
         trainer.run_training()
         minutes = (time.time() - start) / 60
+        trainer.perform_actual_validation()  # as nnQC_train does; its out-of-fold predictions calibrate the model
         predictor = nnQCPredictor(torch.device("cpu"), allow_tqdm=False)
         predictor.initialize_from_trained_model_folder(os.path.dirname(trainer.output_folder), (0,))
         out = os.path.join(root, f"qc_{name}")
@@ -135,6 +138,10 @@ def main() -> None:
         sem = r["dsc_sem"].get("mean")
         print(f"{name:<24}{minutes:>8.1f}{iterations:>7}{r['dsc']['r']:>8.3f}{r['dsc']['mae']:>9.3f}"
               f"{r['nsd']['r']:>8.3f}{r['nsd']['mae']:>9.3f}{(sem if sem is not None else np.nan):>9.3f}")
+    for name, _, _, r in rows:  # calibrated decisions (from fold 0's out-of-fold predictions, when it has them)
+        print(f"\n{name}:")
+        for line in calibration_lines(r):
+            print(f"  {line}")
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
 

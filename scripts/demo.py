@@ -146,6 +146,12 @@ def main() -> None:
     print(f"  DSC  Pearson r {dsc['r']:.3f}   MAE {dsc['mae']:.3f} ± {dsc['mae_sd']:.3f}")
     print(f"  NSD  Pearson r {nsd['r']:.3f}   MAE {nsd['mae']:.3f} ± {nsd['mae_sd']:.3f}")
     print(f"  DSC_SEM (mean over regions) {sem['mean']:.3f}")
+    # calibrated decisions: interval coverage and width, AURC beside the optimal and a random ranking, decision
+    # counts, the bias on good segmentations before and after recalibration
+    from nnqc.evaluation.evaluate import calibration_lines
+
+    for line in calibration_lines(evaluation):
+        print(f"  {line}")
     print(f"  report: {os.path.join(qc_out, 'qc_report.html')}")
 
 

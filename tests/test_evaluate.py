@@ -294,7 +294,7 @@ def test_command_line_and_no_writes_outside_output(tmp_path):
     after = tree_snapshot(tmp_path)
     changed = {p for p in after if before.get(p) != after[p]}
     allowed = {os.path.join(folders["out"], n) for n in ("qc_evaluation.csv", "qc_evaluation.json",
-                                                         "scatter_dsc.png", "scatter_nsd.png")}
+                                                         "scatter_dsc.png", "scatter_nsd.png", "risk_coverage.png")}
     assert changed - {str(raw / "dataset.json")} == allowed
     assert before_out <= set(after)
 

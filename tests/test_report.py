@@ -125,7 +125,7 @@ def test_evaluation_refreshes_the_report(tmp_path):
     with open(os.path.join(folders["out"], "qc_report.html"), encoding="utf-8") as f:
         page = f.read()
     assert "Predicted against true quality" in page and "<th>true DSC</th>" in page
-    assert len(DATA_URI.findall(page)) == len(PREDICTED) + 2
+    assert len(DATA_URI.findall(page)) == len(PREDICTED) + 3  # previews, two scatter plots, risk-coverage
     for name in ("scatter_dsc.png", "scatter_nsd.png"):
         with open(os.path.join(folders["out"], name), "rb") as f:
             assert base64.b64encode(f.read()).decode() in page

@@ -16,13 +16,18 @@ import pandas as pd
 import SimpleITK as sitk
 
 from nnqc.atomic_files import write_bytes_atomically, write_text_atomically
+from nnqc.calibration.conformal import DEFAULT_ALPHA
 from nnqc.error_messages import one_line
+from nnqc.evaluation.calibration_evaluation import calibration_evaluation
+from nnqc.evaluation.calibration_plots import risk_coverage_png
+from nnqc.evaluation.failure_detection import failure_detection_summary
 from nnqc.evaluation.plots import scatter_png
 from nnqc.evaluation.qc_metrics import regression_summary, sem_dice_summary
 from nnqc.evaluation.report import (
     EVALUATION_CSV,
     EVALUATION_JSON,
     REPORT_HTML,
+    RISK_COVERAGE_PNG,
     SCATTER_PNGS,
     read_prediction_output,
     write_report,
@@ -133,11 +138,79 @@ def _finite(*columns: pd.Series) -> np.ndarray:
     return np.all([np.isfinite(c.to_numpy(dtype=np.float64)) for c in columns], axis=0)
 
 
+CALIBRATED_EVALUATION_COLUMNS = ("calibrated_dsc", "dsc_lower", "dsc_upper", "calibrated_nsd", "nsd_lower",
+                                 "nsd_upper", "decision")
+
+
+def calibration_figures(included: pd.DataFrame, settings: dict) -> tuple[dict | None, dict | None, str | None]:
+    """(failure detection of the raw predicted DSC, the calibration block of calibration_evaluation, a note)
+    over the cases with finite predictions; the calibration block is None, with the note saying why, when the
+    predictions carry no intervals."""
+    threshold = settings.get("flag_below")
+    valid = included[_finite(included["predicted_dsc"])]
+    if threshold is None:
+        return None, None, "predict_settings.json records no threshold (flag_below): no failure-detection figures"
+    if not len(valid):
+        return None, None, "no evaluated case has a predicted DSC"
+    detection = failure_detection_summary(valid["true_dsc"], valid["predicted_dsc"], threshold)
+    calibration = settings.get("calibration") or {}
+    if not calibration.get("available") or "dsc_lower" not in valid:
+        why = calibration.get("reason", "nnQC_predict of this version recorded no calibration")
+        return detection, None, f"no calibrated intervals in these predictions: {why}"
+    columns = ("predicted_nsd", "calibrated_dsc", "calibrated_nsd", "dsc_lower", "dsc_upper", "nsd_lower",
+               "nsd_upper")
+    calibrated = valid[_finite(*[valid[c] for c in columns])]
+    note = (f"{len(valid) - len(calibrated)} case(s) without calibrated values left out of the calibration figures"
+            if len(calibrated) < len(valid) else None)
+    if not len(calibrated):
+        return detection, None, note
+    block = calibration_evaluation(
+        calibrated["true_dsc"], calibrated["true_nsd"], calibrated["predicted_dsc"], calibrated["predicted_nsd"],
+        calibrated["calibrated_dsc"], calibrated["calibrated_nsd"], calibrated["dsc_lower"], calibrated["dsc_upper"],
+        calibrated["nsd_lower"], calibrated["nsd_upper"], calibrated["decision"].astype(str).tolist(), threshold,
+        settings.get("alpha", DEFAULT_ALPHA))
+    block["recalibration"] = bool(settings.get("recalibration"))
+    return detection, block, note
+
+
+def number(v, digits: int = 3) -> str:
+    """A figure for printing; n/a when it could not be computed."""
+    return "n/a" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
+
+
+def calibration_lines(result: dict) -> list[str]:
+    """The failure-detection, interval, decision and recalibration figures of an evaluation, as text lines
+    (what nnQC_evaluate, the demo and the learning benchmark print)."""
+    lines = []
+    detection = result.get("failure_detection")
+    if detection:
+        lines.append(f"failure detection (risk 1 - true DSC, confidence predicted DSC, n {detection['n']}): AURC "
+                     f"{number(detection['aurc'])} (optimal {number(detection['optimal_aurc'])}, random "
+                     f"{number(detection['random_aurc'])}), e-AURC {number(detection['e_aurc'])}, normalised AURC "
+                     f"{number(detection['normalised_aurc'])}, failure AUROC at DSC {detection['failure_threshold']:g} "
+                     f"{number(detection['failure_auroc'])}")
+    calibration = result.get("calibration")
+    if calibration:
+        intervals = calibration["intervals"]
+        counts = calibration["decisions"]["counts"]
+        error = calibration["mean_error_true_dsc_above_0_85"]["dsc"]
+        lines.append(f"intervals at target coverage {intervals['target_coverage']:g}: DSC coverage "
+                     f"{number(intervals['dsc']['coverage'])}, mean width {number(intervals['dsc']['mean_width'])}; "
+                     f"NSD coverage {number(intervals['nsd']['coverage'])}, mean width "
+                     f"{number(intervals['nsd']['mean_width'])}")
+        lines.append(f"decisions: {counts['pass']} pass, {counts['review']} review, {counts['fail']} fail "
+                     f"({calibration['decisions']['missed_failures']} missed failure(s), "
+                     f"{calibration['decisions']['false_alarms']} false alarm(s))")
+        lines.append(f"mean error (predicted - true DSC) for true DSC > 0.85: raw "
+                     f"{number(error['raw']['mean_error'])}, recalibrated "
+                     f"{number(error['recalibrated']['mean_error'])} (n {error['raw']['n']})")
+    if result.get("calibration_note"):
+        lines.append(f"note: {result['calibration_note']}")
+    return lines
+
+
 def format_figures(result: dict) -> str:
     """The evaluation figures as a short plain-text table."""
-    def number(v, digits=3):
-        return "n/a" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
-
     subset = f" (DSC-balanced subset of {result['num_evaluated']})" if result["balanced"] else ""
     lines = [f"nnQC evaluation: {result['num_cases']} case(s){subset}",
              f"{'':8s}{'r':>8s}  {'MAE ± sd':>16s}  {'n':>5s}"]
@@ -149,6 +222,7 @@ def format_figures(result: dict) -> str:
     regions = ", ".join(f"{name} {number(v['mean'])} ± {number(v['sd'])}" for name, v in sem.items()
                         if isinstance(v, dict))
     lines.append(f"DSC_SEM  mean {number(sem['mean'])}" + (f" ({regions})" if regions else ""))
+    lines += calibration_lines(result)
     if result["not_evaluated"]:
         lines.append(f"not evaluated: {len(result['not_evaluated'])} case(s): "
                      + "; ".join(f"{c['case']} ({c['reason']})" for c in result["not_evaluated"][:5])
@@ -214,6 +288,7 @@ def evaluate_predictions(output_folder: str, reference_folder: str, dataset_json
     results = [r for r in results if "reason" not in r]
 
     predicted = table.set_index("case")
+    calibrated_columns = [c for c in CALIBRATED_EVALUATION_COLUMNS if c in table.columns]
     rows = []
     for r in results:
         p = predicted.loc[r["case"]]
@@ -222,10 +297,10 @@ def evaluate_predictions(output_folder: str, reference_folder: str, dataset_json
                      "abs_error_dsc": abs(r["true_dsc"] - float(p["predicted_dsc"])),
                      "true_nsd": r["true_nsd"], "predicted_nsd": float(p["predicted_nsd"]),
                      "abs_error_nsd": abs(r["true_nsd"] - float(p["predicted_nsd"])),
-                     "flagged": bool(p["flagged"]),
+                     "flagged": bool(p["flagged"]), **{c: p[c] for c in calibrated_columns},
                      **{f"dsc_sem_{name}": float(v) for name, v in zip(region_names, r["dsc_sem"])}})
     columns = ["case", "true_dsc", "predicted_dsc", "abs_error_dsc", "true_nsd", "predicted_nsd", "abs_error_nsd",
-               "flagged", *[f"dsc_sem_{name}" for name in region_names], "in_summary"]
+               "flagged", *calibrated_columns, *[f"dsc_sem_{name}" for name in region_names], "in_summary"]
     evaluation = pd.DataFrame(rows, columns=columns)
     evaluation["in_summary"] = True
     if balanced and len(evaluation):
@@ -246,6 +321,14 @@ def evaluate_predictions(output_folder: str, reference_folder: str, dataset_json
     sem_columns = [f"dsc_sem_{name}" for name in region_names]
     with_maps = included[_finite(*[included[c] for c in sem_columns])] if len(included) else included
     result["dsc_sem"] = sem_dice_summary(with_maps[sem_columns].to_numpy(dtype=np.float64), region_names)
+    detection, calibration, note = calibration_figures(included, settings)
+    result.update(failure_detection=detection, calibration=calibration, calibration_note=note)
+    risk_coverage = os.path.join(output_folder, RISK_COVERAGE_PNG)
+    if detection is not None:
+        valid = included[_finite(included["predicted_dsc"])]
+        write_bytes_atomically(risk_coverage, risk_coverage_png(valid["true_dsc"], valid["predicted_dsc"]))
+    elif os.path.isfile(risk_coverage):
+        os.remove(risk_coverage)  # of an earlier evaluation: it would not describe this one
     result["not_evaluated"] = not_evaluated
     result = _json_ready(result)
 

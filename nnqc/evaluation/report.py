@@ -16,6 +16,8 @@ import pandas as pd
 import SimpleITK as sitk
 
 from nnqc.atomic_files import write_text_atomically
+from nnqc.calibration.decision import DECISIONS, decision_counts
+from nnqc.evaluation.calibration_plots import DECISION_COLOURS, intervals_png
 from nnqc.evaluation.plots import case_preview_png
 from nnqc.metrics import get_regions
 
@@ -24,6 +26,7 @@ SETTINGS_JSON = "predict_settings.json"
 EVALUATION_CSV = "qc_evaluation.csv"
 EVALUATION_JSON = "qc_evaluation.json"
 SCATTER_PNGS = {"DSC": "scatter_dsc.png", "NSD": "scatter_nsd.png"}
+RISK_COVERAGE_PNG = "risk_coverage.png"
 REPORT_HTML = "qc_report.html"
 DEFAULT_MAX_PREVIEWS = 100
 SEM_VOLUME_PREFIX = "sem_volume_ml_"
@@ -130,6 +133,8 @@ tr.flagged td { background: #fdecea; }
 .badge { display: inline-block; padding: 0.05em 0.5em; border-radius: 4px; font-weight: bold; font-size: 0.85em; }
 .badge.flag { background: #c62828; color: #fff; } .badge.ok { background: #e3f1e4; color: #1b5e20; }
 .badge.partial { background: #ef6c00; color: #fff; }
+.badge.pass { background: #2ca02c; color: #fff; } .badge.review { background: #ff7f0e; color: #fff; }
+.badge.fail { background: #d62728; color: #fff; }
 .cards { display: flex; flex-wrap: wrap; gap: 1em; }
 .card { border: 1px solid #ccc; border-radius: 6px; padding: 0.6em; width: 410px; }
 .card.flagged { border: 3px solid #c62828; }
@@ -181,6 +186,53 @@ def _partial_note(row) -> str:
             f"it.</div>")
 
 
+def _has_decisions(settings: dict, table: pd.DataFrame) -> bool:
+    return bool((settings.get("calibration") or {}).get("available")) and "decision" in table
+
+
+def _decision_badge(row) -> str:
+    decision = row.get("decision")
+    if not isinstance(decision, str) or decision not in DECISIONS:
+        return ""
+    return f' <span class="badge {decision}">{decision.upper()}</span>'
+
+
+def _interval_text(row, prefix: str = "dsc") -> str:
+    lower, upper = _number(row.get(f"{prefix}_lower")), _number(row.get(f"{prefix}_upper"))
+    return f"[{lower}, {upper}]" if lower and upper else ""
+
+
+def _calibration_section(settings: dict, assessed: pd.DataFrame, evaluation: pd.DataFrame | None) -> list[str]:
+    """How the decisions were made, and the DSC intervals of the cases as bars against the threshold."""
+    calibration = settings.get("calibration")
+    if calibration is None:
+        return []
+    parts = ["<h2>Calibrated decisions</h2>"]
+    if not calibration.get("available"):
+        return parts + [f"<p class='note'>No calibration: {html.escape(str(calibration.get('reason', '')))}. "
+                        "There are no intervals and no pass/review/fail decisions, only the flag.</p>"]
+    built = calibration.get("built_from", {})
+    centre = ("around the recalibrated prediction" if settings.get("recalibration")
+              else "around the raw prediction (no recalibration)")
+    parts.append(f"<p>Intervals at coverage {_number(1 - settings.get('alpha', 0.1), 2)} (alpha "
+                 f"{settings.get('alpha')}), {centre}, calibrated on {calibration.get('num_samples', '?')} "
+                 f"out-of-fold predictions of fold(s) "
+                 f"{html.escape(str(built.get('folds', '?')))}.</p>")
+    warnings = settings.get("calibration_warnings") or []
+    if warnings:
+        parts.append("<ul>" + "".join(f"<li class='note'>{html.escape(w)}</li>" for w in warnings) + "</ul>")
+    shown = assessed[np.isfinite(pd.to_numeric(assessed.get("dsc_lower"), errors="coerce").to_numpy(float))]
+    if len(shown):
+        true = None
+        if evaluation is not None and all(c in evaluation.index for c in shown["case"]):
+            true = evaluation.loc[shown["case"], "true_dsc"].to_numpy(dtype=np.float64)
+        png = intervals_png(shown["case"].tolist(), shown["calibrated_dsc"].to_numpy(float),
+                            shown["dsc_lower"].to_numpy(float), shown["dsc_upper"].to_numpy(float),
+                            shown["decision"].astype(str).tolist(), float(settings.get("flag_below", 0.7)), true)
+        parts.append(f'<p><img alt="DSC intervals of the cases against the threshold" src="{_data_uri(png)}"></p>')
+    return parts
+
+
 def _read_evaluation(output_folder: str) -> tuple[dict | None, pd.DataFrame | None]:
     figures, per_case = None, None
     path = os.path.join(output_folder, EVALUATION_JSON)
@@ -220,6 +272,48 @@ def _evaluation_section(output_folder: str, figures: dict | None) -> list[str]:
     for metric, path in scatter.items():
         with open(path, "rb") as f:
             parts.append(f'<p><img alt="predicted against true {metric}" src="{_data_uri(f.read())}"></p>')
+    parts += _failure_detection_section(output_folder, figures)
+    return parts
+
+
+def _failure_detection_section(output_folder: str, figures: dict | None) -> list[str]:
+    detection = (figures or {}).get("failure_detection")
+    calibration = (figures or {}).get("calibration")
+    png = os.path.join(output_folder, RISK_COVERAGE_PNG)
+    if detection is None and calibration is None and not os.path.isfile(png):
+        return []
+    parts = ["<h2>Failure detection and intervals</h2>"]
+    if detection is not None:
+        parts.append("<p>risk = 1 - true DSC, confidence = predicted DSC (as the DKFZ segmentation failure-detection "
+                     "benchmark defines them); the AURC is the area under the risk-coverage curve, lower is "
+                     "better, beside the optimal ranking's and a random one's.</p>")
+        parts.append("<table><tr><th>AURC</th><th>optimal AURC</th><th>random AURC</th><th>e-AURC</th>"
+                     "<th>normalised AURC</th><th>failure AUROC</th><th>failures</th><th>n</th></tr>"
+                     f"<tr><td>{_number(detection.get('aurc'))}</td><td>{_number(detection.get('optimal_aurc'))}</td>"
+                     f"<td>{_number(detection.get('random_aurc'))}</td><td>{_number(detection.get('e_aurc'))}</td>"
+                     f"<td>{_number(detection.get('normalised_aurc'))}</td>"
+                     f"<td>{_number(detection.get('failure_auroc'))}</td><td>{detection.get('num_failures', '')} "
+                     f"(true DSC &lt; {_number(detection.get('failure_threshold'), 2)})</td>"
+                     f"<td>{detection.get('n', '')}</td></tr></table>")
+    if calibration is not None:
+        intervals = calibration["intervals"]
+        counts = calibration["decisions"]["counts"]
+        error = calibration["mean_error_true_dsc_above_0_85"]["dsc"]
+        parts.append(f"<p>Target coverage {_number(intervals['target_coverage'], 2)}: DSC intervals held the true "
+                     f"DSC in {_number(intervals['dsc']['coverage'])} of the cases (mean width "
+                     f"{_number(intervals['dsc']['mean_width'])}), NSD intervals the true NSD in "
+                     f"{_number(intervals['nsd']['coverage'])} (mean width {_number(intervals['nsd']['mean_width'])})."
+                     f" Decisions: {counts['pass']} pass, {counts['review']} review, {counts['fail']} fail; "
+                     f"{calibration['decisions']['missed_failures']} true failure(s) passed, "
+                     f"{calibration['decisions']['false_alarms']} true success(es) failed. Mean error of the DSC on "
+                     f"good segmentations (true DSC &gt; 0.85, n {error['raw']['n']}): "
+                     f"{_number(error['raw']['mean_error']) or 'n/a'} raw, "
+                     f"{_number(error['recalibrated']['mean_error']) or 'n/a'} recalibrated.</p>")
+    if (figures or {}).get("calibration_note"):
+        parts.append(f"<p class='note'>{html.escape(figures['calibration_note'])}</p>")
+    if os.path.isfile(png):
+        with open(png, "rb") as f:
+            parts.append(f'<p><img alt="risk-coverage curve" src="{_data_uri(f.read())}"></p>')
     return parts
 
 
@@ -238,6 +332,8 @@ def write_report(output_folder: str, max_previews: int | None = DEFAULT_MAX_PREV
     flag_below = settings.get("flag_below")
     n_flagged = int(assessed["flagged"].sum())
     n_partial = int(sum(_partial_view(row) for _, row in assessed.iterrows()))
+    decisions = _has_decisions(settings, assessed)
+    counts = decision_counts(assessed["decision"].tolist()) if decisions else {}
     e = html.escape
 
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -253,6 +349,8 @@ def write_report(output_folder: str, max_previews: int | None = DEFAULT_MAX_PREV
              f"<div class='stat'><b>{len(skipped)}</b>skipped</div>",
              f"<div class='stat{' alert' if n_partial else ''}'><b>{n_partial}</b>partial view</div>",
              f"<div class='stat'><b>{_number(flag_below, 2) or 'n/a'}</b>flag threshold (predicted DSC)</div>",
+             *[f"<div class='stat'><b style='color:{DECISION_COLOURS[d]}'>{counts[d]}</b>{d}</div>"
+               for d in counts],
              "</div>",
              "<h2>What the numbers mean</h2>",
              "<p>nnQC estimates, without a reference segmentation, how well each segmentation would score against "
@@ -265,13 +363,21 @@ def write_report(output_folder: str, max_previews: int | None = DEFAULT_MAX_PREV
              "it before use. <b>Error volume</b> is the volume (mL) the model predicts to be wrongly segmented, per "
              "region. A <b>partial view</b> case was larger than the network's fixed input, or part of its "
              "segmentation lay outside the images' non-zero region: the network saw a window centred on the "
-             "segmentation's foreground, and the share of the foreground it did not see is given. The pictures show, "
+             "segmentation's foreground, and the share of the foreground it did not see is given. "
+             + ("The <b>interval</b> holds the true DSC with probability "
+                f"{_number(1 - settings.get('alpha', 0.1), 2)}, calibrated on predictions of cases the models never "
+                "saw; <b>calibrated DSC</b> is the prediction corrected for the models' bias on such cases. The "
+                "<b>decision</b> is <i>fail</i> when the whole interval lies below the threshold, <i>pass</i> when it "
+                "lies at or above it, and <i>review</i> otherwise, when the case lies outside what the model was "
+                "trained on (the reason is given), or when the network saw it only in part. " if decisions else "")
+             + "The pictures show, "
              "per case, the axial slice with the most predicted error: the first image channel in grey, the "
              "segmentation's outline per region, and the predicted error in translucent red.</p>",
              "<h2>Cases, worst first</h2>"]
     if len(assessed):
         has_truth = evaluation is not None
         header = ["#", "case", "predicted DSC", "predicted NSD", "flag",
+                  *(["calibrated DSC", "DSC interval", "decision", "outside the training range"] if decisions else []),
                   *[f"error volume {e(name)} (mL)" for name in region_names]]
         if has_truth:
             header += ["true DSC", "true NSD"]
@@ -281,6 +387,10 @@ def write_report(output_folder: str, max_previews: int | None = DEFAULT_MAX_PREV
                      _with_sd(row["predicted_dsc"], row.get("predicted_dsc_sd")),
                      _with_sd(row["predicted_nsd"], row.get("predicted_nsd_sd")),
                      _flag_badge(row["flagged"]) + _partial_badge(row),
+                     *([_number(row.get("calibrated_dsc")), _interval_text(row), _decision_badge(row),
+                        e(str(row.get("out_of_training_range") or "") if isinstance(row.get("out_of_training_range"),
+                                                                                   str) else "")]
+                       if decisions else []),
                      *[_number(row.get(SEM_VOLUME_PREFIX + name), 2) for name in region_names]]
             if has_truth:
                 truth = evaluation.loc[row["case"]] if row["case"] in evaluation.index else {}
@@ -293,7 +403,7 @@ def write_report(output_folder: str, max_previews: int | None = DEFAULT_MAX_PREV
         for rank, row in assessed.iterrows():
             css = " flagged" if row["flagged"] else ""
             parts.append(f"<div class='card{css}' id='case-{rank + 1}'><h3>{rank + 1}. {e(row['case'])} "
-                         f"{_flag_badge(row['flagged'])}{_partial_badge(row)}</h3>"
+                         f"{_flag_badge(row['flagged'])}{_partial_badge(row)}{_decision_badge(row)}</h3>"
                          f"<div>DSC {_with_sd(row['predicted_dsc'], row.get('predicted_dsc_sd'))}, "
                          f"NSD {_with_sd(row['predicted_nsd'], row.get('predicted_nsd_sd'))}</div>"
                          f"{_partial_note(row)}")
@@ -310,6 +420,7 @@ def write_report(output_folder: str, max_previews: int | None = DEFAULT_MAX_PREV
         parts.append("</div>")
     else:
         parts.append("<p class='note'>No case could be assessed.</p>")
+    parts += _calibration_section(settings, assessed, evaluation)
     if len(skipped):
         parts.append("<h2>Skipped cases</h2><ul>")
         parts += [f"<li><b>{e(str(row['case']))}</b>: {e(str(row['status']).removeprefix('skipped: '))}</li>"

@@ -25,14 +25,26 @@ from nnunetv2.utilities.helpers import dummy_context
 from tqdm import tqdm
 
 from nnqc.atomic_files import replace_atomically, write_text_atomically
+from nnqc.calibration.calibrated_quality import CALIBRATED_COLUMNS, calibrated_quality
+from nnqc.calibration.calibration_file import (
+    CALIBRATION_FILE,
+    Calibration,
+    CalibrationError,
+    calibration_folds,
+    load_or_build_calibration,
+)
+from nnqc.calibration.conformal import DEFAULT_ALPHA, check_alpha
+from nnqc.calibration.decision import FAIL, REVIEW
+from nnqc.calibration.training_range import case_statistics, out_of_training_range
 from nnqc.cpu_features import cpu_has_native_bf16
 from nnqc.error_messages import one_line
-from nnqc.evaluation.report import EVALUATION_CSV, EVALUATION_JSON, REPORT_HTML, SCATTER_PNGS
+from nnqc.evaluation.report import EVALUATION_CSV, EVALUATION_JSON, REPORT_HTML, RISK_COVERAGE_PNG, SCATTER_PNGS
 from nnqc.geometry import properties_mismatch
 from nnqc.inference.input_folder import check_input_folders
 from nnqc.input_files import InputFileError, check_input_file
 from nnqc.metrics.regions import allowed_labels, get_regions, nsd_tolerance_mm
 from nnqc.metrics.sem import decode_sem_bits, encode_sem_bits
+from nnqc.model_sharing.model_metadata import METADATA_FILE
 from nnqc.preprocessing.cropping import (
     Window,
     crop_or_pad_to_window,
@@ -50,9 +62,11 @@ DEFAULT_FLAG_BELOW = 0.7
 # what a run's results depend on: --continue_prediction must use the same, and -num_parts runs merge only when
 # their settings (and number of parts) agree
 CONTRACT_SETTINGS = ("images_folder", "segmentations_folder", "model_folder", "dataset", "trainer", "plans",
-                     "configuration", "folds", "checkpoint", "flag_below", "maps_written", "precision")
+                     "configuration", "folds", "checkpoint", "flag_below", "maps_written", "precision", "alpha",
+                     "recalibration", "calibration")
 # the outputs of nnQC_evaluate and the report describe one set of predictions: a run that changes it removes them
-EVALUATION_OUTPUTS = (EVALUATION_CSV, EVALUATION_JSON, *SCATTER_PNGS.values(), REPORT_HTML)
+EVALUATION_OUTPUTS = (EVALUATION_CSV, EVALUATION_JSON, *SCATTER_PNGS.values(), RISK_COVERAGE_PNG, REPORT_HTML)
+FINGERPRINT_FILE = "dataset_fingerprint.json"
 
 
 class CaseError(RuntimeError):
@@ -125,11 +139,18 @@ class nnQCPredictor:
         self.trainer_name = self.configuration_name = self.model_folder = self.checkpoint_name = None
         self.folds: list = []
         self.preprocessor = nnQCPreprocessor(verbose=verbose)
+        # calibrated decisions (see nnqc.calibration): None when the model has no out-of-fold predictions, with
+        # the reason in calibration_status
+        self.calibration: Calibration | None = None
+        self.calibration_status: dict = {"available": False, "reason": "no model loaded"}
+        self.fingerprint: dict = {}
 
     # ---- model --------------------------------------------------------------------------------------------------
     def initialize_from_trained_model_folder(self, model_training_output_dir: str, use_folds=None,
-                                             checkpoint_name: str = "checkpoint_final.pth") -> None:
-        """Like nnUNetPredictor's: the folder holds plans.json, dataset.json and fold_X/checkpoint_name."""
+                                             checkpoint_name: str = "checkpoint_final.pth",
+                                             recalibrate: bool = True) -> None:
+        """Like nnUNetPredictor's: the folder holds plans.json, dataset.json and fold_X/checkpoint_name; the
+        calibration comes from the folds' out-of-fold predictions (see load_calibration)."""
         if not isdir(model_training_output_dir):
             raise FileNotFoundError(f"model folder {model_training_output_dir} does not exist: train first")
         if use_folds is None:
@@ -155,6 +176,59 @@ class nnQCPredictor:
         trainer_class = get_trainer_class(self.trainer_name)
         self.network = trainer_class.build_network_architecture(self.plans_manager, self.configuration_manager,
                                                                 0, 0, False).to(self.device).eval()
+        fingerprint_file = join(model_training_output_dir, FINGERPRINT_FILE)
+        self.fingerprint = load_json(fingerprint_file) if isfile(fingerprint_file) else {}
+        metadata_file = join(model_training_output_dir, METADATA_FILE)
+        if not self.fingerprint.get("spacings") and isfile(metadata_file):
+            # an installed model: its nnqc_model.json has the training spacings' range (the fingerprint stays home)
+            spacing_range = load_json(metadata_file).get("training_spacing_range")
+            if spacing_range:
+                self.fingerprint = {**self.fingerprint, "spacings": [spacing_range["min"], spacing_range["max"]]}
+        self.load_calibration(recalibrate)
+
+    def load_calibration(self, recalibrate: bool = True) -> None:
+        """Calibration from the out-of-fold predictions of the loaded folds (of every cross-validation fold for
+        fold_all, which has no held-out data of its own), built or refreshed in calibration.json.
+
+        An exported model ships calibration.json without the predictions it was built from: it is used as
+        shipped when it was built from exactly these folds. A model without any calibration data still predicts;
+        calibration_status says why there are no intervals."""
+        folds = (calibration_folds(self.model_folder) if "all" in self.folds
+                 else sorted(f for f in self.folds if f != "all"))
+        self.calibration = None
+        try:
+            data = load_or_build_calibration(self.model_folder, folds)
+            how = "built or checked against the out-of-fold predictions"
+        except CalibrationError as e:
+            data = self._shipped_calibration(folds)
+            if data is None:
+                self.calibration_status = {"available": False, "reason": one_line(e)}
+                return
+            how = "as shipped with the model (its out-of-fold predictions are not in the model folder)"
+        self.calibration = Calibration(data, recalibrate=recalibrate)
+        self.calibration_status = {"available": True, "built_from": data["built_from"], "how": how,
+                                   "num_samples": data["num_samples"], "saved": data.get("saved", True)}
+        if "all" in self.folds:
+            self.calibration_status["note"] = ("fold_all has no held-out data: calibrated on the cross-validation "
+                                               "folds' out-of-fold predictions")
+
+    def _shipped_calibration(self, folds: list[int]) -> dict | None:
+        path = join(self.model_folder, CALIBRATION_FILE)
+        if not folds or not isfile(path):
+            return None
+        try:
+            data = load_json(path)
+        except ValueError:
+            return None
+        sources = data.get("built_from", {}).get("sources", [])
+        if data.get("built_from", {}).get("folds") != folds or any(isfile(join(self.model_folder, s["file"]))
+                                                                  for s in sources):
+            return None  # built from other folds, or its sources are here and no longer match it
+        return data
+
+    def calibration_warnings(self, alpha: float) -> list[str]:
+        """The Mondrian bins whose calibration samples are too few for a finite interval at 1 - alpha."""
+        return self.calibration.shortfall(alpha) if self.calibration is not None else []
 
     # ---- preprocessing ------------------------------------------------------------------------------------------
     def preprocess_arrays(self, images: np.ndarray, segmentation: np.ndarray, properties: dict, name: str = "case"
@@ -179,6 +253,8 @@ class nnQCPredictor:
         properties = dict(properties)
         data, _, properties = self.preprocessor.run_case_npy(images, None, properties, self.plans_manager,
                                                              self.configuration_manager, self.dataset_json)
+        # for the training-range checks; it pickles, so it crosses the preprocessing workers with the data
+        properties["nnqc_case_statistics"] = case_statistics(images, segmentation, properties, data.shape[1:])
         try:
             candidate = self.preprocessor.candidate_to_subject_grid(
                 segmentation, properties, data.shape[1:], self.plans_manager, self.configuration_manager,
@@ -281,12 +357,14 @@ class nnQCPredictor:
         full[bounding_box_to_slice(properties["bbox_used_for_cropping"])] = resampled
         return full.transpose(self.plans_manager.transpose_backward)
 
-    def predict_from_arrays(self, images: np.ndarray, segmentation: np.ndarray, properties: dict) -> dict:
+    def predict_from_arrays(self, images: np.ndarray, segmentation: np.ndarray, properties: dict,
+                            alpha: float = DEFAULT_ALPHA, flag_below: float = DEFAULT_FLAG_BELOW) -> dict:
         """Quality of one case from numpy arrays (M, *S) and (1, *S) with nnU-Net-style properties.
 
         Returns predicted dsc, dsc_sd, nsd, nsd_sd, sem: (C, *S) bool in the input's grid (None for networks
-        without SEMs), and what the network saw: foreground_outside_view (fraction of the segmentation's
-        foreground it did not see) and partial_view (it saw less than the whole case).
+        without SEMs), what the network saw: foreground_outside_view (fraction of the segmentation's
+        foreground it did not see) and partial_view (it saw less than the whole case), and "calibrated": the
+        calibrated columns of the summary (see calibrated_row).
         """
         data, candidate, properties = self.preprocess_arrays(images, segmentation, properties)
         result = self.predict_preprocessed(data, candidate, properties["nnqc_window"])
@@ -294,8 +372,11 @@ class nnQCPredictor:
         if sem is not None:
             bits = self.restore_to_input_geometry(encode_sem_bits(sem), properties)
             sem = decode_sem_bits(bits, len(self.regions))
-        return {**self._ensemble(result), "sem": sem, "partial_view": properties["partial_view"],
-                "foreground_outside_view": properties["foreground_outside_view"]}
+        ensemble = self._ensemble(result)
+        return {**ensemble, "sem": sem, "partial_view": properties["partial_view"],
+                "foreground_outside_view": properties["foreground_outside_view"],
+                "calibrated": self.calibrated_row(ensemble["dsc"], ensemble["nsd"], properties, check_alpha(alpha),
+                                                  flag_below)}
 
     @staticmethod
     def _ensemble(result: dict) -> dict:
@@ -303,8 +384,27 @@ class nnQCPredictor:
         return {"dsc": float(np.mean(dsc)), "dsc_sd": float(np.std(dsc)), "nsd": float(np.mean(nsd)),
                 "nsd_sd": float(np.std(nsd))}
 
+    def calibrated_row(self, predicted_dsc: float, predicted_nsd: float, properties: dict,
+                       alpha: float = DEFAULT_ALPHA, flag_below: float = DEFAULT_FLAG_BELOW) -> dict:
+        """CALIBRATED_COLUMNS of one case (JSON-ready): recalibrated DSC/NSD, intervals at coverage 1 - alpha,
+        the training-range check and the decision. A partial view is never a `pass` (the network did not see all
+        of the segmentation), only `fail` when even its interval's upper bound is below the threshold. Without a
+        calibration the calibrated values are missing and the decision is empty; the range check still runs."""
+        check = out_of_training_range(properties["nnqc_case_statistics"], self.plans_manager.plans,
+                                      self.fingerprint, None, self.configuration_name,
+                                      list(self.dataset_json["channel_names"].values()))
+        if self.calibration is None:
+            return {**{c: None for c in CALIBRATED_COLUMNS}, "interval_finite": False,
+                    "out_of_training_range": "; ".join(map(str, check.reasons)),
+                    "not_checked": "; ".join(check.not_checked), "decision": ""}
+        table = calibrated_quality(self.calibration, [predicted_dsc], [predicted_nsd], alpha, flag_below, [check])
+        row = json.loads(table.to_json(orient="records"))[0]  # numpy -> Python, NaN -> None
+        if properties["partial_view"] and row["decision"] != FAIL:
+            row["decision"] = REVIEW
+        return row
+
     def _finish_case(self, case: str, result: dict, properties: dict, output_folder: str, save_maps: bool,
-                     flag_below: float) -> None:
+                     flag_below: float, alpha: float = DEFAULT_ALPHA) -> None:
         """Summary row, SEM volumes and the SEM map in the input geometry; the row is written last, so a case
         counts as done only once its map is in place. Any failure skips the case with its reason."""
         try:
@@ -312,6 +412,8 @@ class nnQCPredictor:
             row["flagged"] = bool(row["predicted_dsc"] < flag_below) if np.isfinite(row["predicted_dsc"]) else False
             row["partial_view"] = properties["partial_view"]
             row["foreground_outside_view"] = properties["foreground_outside_view"]
+            row.update(self.calibrated_row(row["predicted_dsc"], row["predicted_nsd"], properties, alpha,
+                                           flag_below))
             if result["sem"] is not None:
                 bits = self.restore_to_input_geometry(encode_sem_bits(result["sem"]), properties)
                 voxel_ml = float(np.prod(properties["spacing"])) / 1000
@@ -359,7 +461,8 @@ class nnQCPredictor:
     def predict_from_files(self, images_folder: str, segmentations_folder: str, output_folder: str,
                            save_maps: bool = True, flag_below: float = DEFAULT_FLAG_BELOW, num_parts: int = 1,
                            part_id: int = 0, continue_prediction: bool = False,
-                           num_processes_preprocessing: int = 0, num_threads_export: int = 1) -> pd.DataFrame:
+                           num_processes_preprocessing: int = 0, num_threads_export: int = 1,
+                           alpha: float = DEFAULT_ALPHA) -> pd.DataFrame:
         """Assess every case of SEGMENTATIONS (CASE + file ending) with its images (CASE_XXXX + file ending).
 
         Every per-case problem, of any kind, skips the case and lists it with the reason; the summary is always
@@ -368,7 +471,9 @@ class nnQCPredictor:
         results, so the summary holds exactly this run's cases.
         With num_processes_preprocessing > 0, cases are read and preprocessed ahead in worker processes while
         the network runs; num_threads_export > 1 restores and writes maps in background threads.
+        alpha: the intervals' coverage is 1 - alpha (with a calibration; see load_calibration).
         """
+        alpha = check_alpha(alpha)
         check_input_folders(images_folder, segmentations_folder, self.dataset_json)
         for folder in (images_folder, segmentations_folder):
             if not isdir(folder):
@@ -381,7 +486,12 @@ class nnQCPredictor:
                                      len(self.dataset_json["channel_names"]))
         if not cases and not problems:
             raise FileNotFoundError(f"no segmentation ({file_ending}) in {segmentations_folder}")
-        settings = self._settings(images_folder, segmentations_folder, save_maps, flag_below, num_parts)
+        settings = self._settings(images_folder, segmentations_folder, save_maps, flag_below, num_parts, alpha)
+        if self.calibration is None:
+            print(f"WARNING: no calibration, so no intervals and no pass/review/fail decisions: "
+                  f"{self.calibration_status['reason']}")
+        for line in settings["calibration_warnings"]:
+            print(f"WARNING: calibration: {line}")
         self._prepare_output_folder(output_folder, settings, {c.case for c in cases} | set(problems),
                                     continue_prediction)
         for case in sorted(problems)[part_id::num_parts]:
@@ -390,7 +500,7 @@ class nnQCPredictor:
                 if not (continue_prediction and self._is_done(output_folder, c.case, save_maps))]
         try:
             self._predict_cases(todo, output_folder, save_maps, flag_below, num_processes_preprocessing,
-                                num_threads_export)
+                                num_threads_export, alpha)
         finally:  # also after an error no case caught (e.g. interrupted): the summary holds what is done
             table = self.write_summary(output_folder)
         return table
@@ -404,7 +514,8 @@ class nnQCPredictor:
             return json.load(f).get("status") == "ok"
 
     def _predict_cases(self, todo: list[CaseFiles], output_folder: str, save_maps: bool, flag_below: float,
-                       num_processes_preprocessing: int, num_threads_export: int) -> None:
+                       num_processes_preprocessing: int, num_threads_export: int,
+                       alpha: float = DEFAULT_ALPHA) -> None:
         with ExitStack() as stack:
             preprocessing = stack.enter_context(ProcessPoolExecutor(
                 num_processes_preprocessing, mp_context=multiprocessing.get_context("spawn"),
@@ -444,7 +555,7 @@ class nnQCPredictor:
                     self._skip(output_folder, case.case, f"{case.case} ({case.segmentation}): prediction failed: "
                                                          f"{one_line(e, with_type=True)}")
                     continue
-                args = (case.case, result, properties, output_folder, save_maps, flag_below)
+                args = (case.case, result, properties, output_folder, save_maps, flag_below, alpha)
                 if export is not None:
                     exports.append(export.submit(self._finish_case, *args))
                 else:
@@ -453,7 +564,8 @@ class nnQCPredictor:
                 future.result()
 
     def _settings(self, images_folder: str, segmentations_folder: str, save_maps: bool, flag_below: float,
-                  num_parts: int) -> dict:
+                  num_parts: int, alpha: float = DEFAULT_ALPHA) -> dict:
+        calibrated = self.calibration is not None
         return {"images_folder": os.path.abspath(images_folder),
                 "segmentations_folder": os.path.abspath(segmentations_folder),
                 "model_folder": self.model_folder, "checkpoint": self.checkpoint_name,
@@ -463,7 +575,14 @@ class nnQCPredictor:
                 "precision": self.precision,
                 "file_ending": self.dataset_json["file_ending"], "region_names": self.region_names,
                 "regions": [list(r) for r in self.regions],
-                "nsd_tolerance_mm": nsd_tolerance_mm(self.dataset_json), "dataset_json": self.dataset_json}
+                "nsd_tolerance_mm": nsd_tolerance_mm(self.dataset_json),
+                "alpha": alpha, "coverage": 1 - alpha,
+                "recalibration": bool(calibrated and self.calibration.recalibrate),
+                "calibration": self.calibration_status, "calibration_warnings": self.calibration_warnings(alpha),
+                "training_range_checked_against": FINGERPRINT_FILE if isfile(join(self.model_folder, FINGERPRINT_FILE))
+                else f"{METADATA_FILE} and the plans" if self.fingerprint.get("spacings")
+                else f"the plans only ({FINGERPRINT_FILE} is not in the model folder: spacing not checked)",
+                "dataset_json": self.dataset_json}
 
     @staticmethod
     def settings_differences(earlier: dict, settings: dict) -> list[str]:
@@ -510,8 +629,8 @@ class nnQCPredictor:
                 with open(join(folder, name)) as f:
                     rows.append(json.load(f))
         columns = ["case", "predicted_dsc", "predicted_dsc_sd", "predicted_nsd", "predicted_nsd_sd", "flagged",
-                   "partial_view", "foreground_outside_view", *[f"sem_volume_ml_{n}" for n in self.region_names],
-                   "status"]
+                   "partial_view", "foreground_outside_view", *CALIBRATED_COLUMNS,
+                   *[f"sem_volume_ml_{n}" for n in self.region_names], "status"]
         table = pd.DataFrame(rows, columns=columns)
         table["_ok"] = table["status"] == "ok"
         table = table.sort_values(["_ok", "predicted_dsc", "case"], ascending=[False, True, True], kind="stable")

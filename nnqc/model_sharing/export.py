@@ -17,6 +17,7 @@ import zipfile
 from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, subfiles
 
 from nnqc.atomic_files import replace_atomically
+from nnqc.calibration.calibration_file import CalibrationError, calibration_folds, load_or_build_calibration
 from nnqc.experiment_planning.plan_and_preprocess import DEFAULT_PLANS_NAME as PLANS_IDENTIFIER
 from nnqc.model_sharing.model_metadata import (
     CALIBRATION_FILE,
@@ -57,6 +58,16 @@ def files_to_export(model_folder: str, folds: list[int | str], checkpoints: list
     return files
 
 
+def _refresh_calibration(model_folder: str, folds: list[int | str]) -> None:
+    """calibration.json built for exactly the exported folds when their out-of-fold predictions are here, so that
+    the installed model, which gets calibration.json but not the predictions, calibrates as the original does."""
+    numeric = calibration_folds(model_folder) if "all" in folds else sorted(int(f) for f in folds)
+    try:
+        load_or_build_calibration(model_folder, numeric)
+    except CalibrationError:
+        pass  # no out-of-fold predictions (a model trained before they were stored): exported as it is
+
+
 def export_model_folder_to_zip(model_folder: str, output_file: str, folds=None,
                                checkpoints: list[str] | tuple[str, ...] = (DEFAULT_CHECKPOINT,),
                                training_logs: bool = False, validation_predictions: bool = False) -> dict:
@@ -68,6 +79,7 @@ def export_model_folder_to_zip(model_folder: str, output_file: str, folds=None,
     folds = parse_folds(folds) if folds is not None else available_folds(model_folder, checkpoints)
     if not folds:
         raise FileNotFoundError(f"no fold_X/{' and '.join(checkpoints)} in {model_folder}")
+    _refresh_calibration(model_folder, folds)
     metadata = build_model_metadata(model_folder, folds, checkpoints)
     if None in (metadata["trainer"], metadata["configuration"]):
         raise ValueError(f"{model_folder} is not named TRAINER__PLANS__CONFIGURATION as nnU-Net names model folders")

@@ -112,7 +112,19 @@ def build_model_metadata(model_folder: str, folds: list[int | str], checkpoints:
         "network_input_shape": list(patch_size) if patch_size is not None else None,
         "calibration": CALIBRATION_FILE if isfile(join(model_folder, CALIBRATION_FILE)) else None,
         "validation": {str(f): _validation_summary(model_folder, f) for f in folds},
+        "training_spacing_range": training_spacing_range(model_folder),
     }
+
+
+def training_spacing_range(model_folder: str) -> dict | None:
+    """Per axis, the smallest and largest training spacing (from the fingerprint, which is not exported):
+    what nnQC_predict's training-range check needs of it, so that an installed model checks the same."""
+    path = join(model_folder, "dataset_fingerprint.json")
+    spacings = load_json(path).get("spacings") if isfile(path) else None
+    if not spacings:
+        return None
+    return {"min": [float(min(s[a] for s in spacings)) for a in range(len(spacings[0]))],
+            "max": [float(max(s[a] for s in spacings)) for a in range(len(spacings[0]))]}
 
 
 def load_model_metadata(model_folder: str, folds: list[int | str], checkpoint: str = DEFAULT_CHECKPOINT) -> dict:

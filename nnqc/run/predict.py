@@ -5,21 +5,52 @@ import argparse
 import os
 import sys
 
+import pandas as pd
 import torch
 from batchgenerators.utilities.file_and_folder_operations import join
 
+from nnqc.calibration.conformal import DEFAULT_ALPHA, check_alpha
+from nnqc.calibration.decision import decision_counts
 from nnqc.inference.predictor import DEFAULT_FLAG_BELOW, nnQCPredictor
 from nnqc.model_sharing.model_metadata import describe_model, load_model_metadata
 from nnqc.model_sharing.model_metadata import trained_model_folder as model_folder
 from nnqc.run.train import PLANS_IDENTIFIER
 
 
+def _number(value) -> str:
+    return f"{value:.3f}" if isinstance(value, float) and value == value else ""
+
+
+def _interval(lower, upper) -> str:
+    return f"[{lower:.3f}, {upper:.3f}]" if _number(lower) and _number(upper) else ""
+
+
+def _reason_names(text) -> str:
+    """The short names (spacing, intensity, ...) of a case's out-of-training-range reasons."""
+    if not isinstance(text, str) or not text:
+        return ""
+    return ",".join(dict.fromkeys(part.split(":", 1)[0].strip() for part in text.split("; ")))
+
+
 def print_table(table) -> None:
-    """The summary as a plain table, worst first."""
-    shown = table.copy()
-    for column in shown.columns:
-        if column.startswith(("predicted_", "sem_volume", "foreground_outside")):
-            shown[column] = shown[column].map(lambda v: f"{v:.3f}" if isinstance(v, float) and v == v else "")
+    """The summary as a plain table, worst first: predictions, the calibrated DSC with its interval and the
+    decision, what the network did not see and why a case is outside the training range (names only; the
+    summary files have the details)."""
+    shown = pd.DataFrame({"case": table["case"]})
+    for column in ("predicted_dsc", "predicted_dsc_sd", "predicted_nsd", "calibrated_dsc"):
+        if column in table:
+            shown[column] = table[column].map(_number)
+    if "dsc_lower" in table:
+        shown["dsc_interval"] = [_interval(lo, hi) for lo, hi in zip(table["dsc_lower"], table["dsc_upper"])]
+    for column in ("decision", "flagged", "partial_view"):
+        if column in table:
+            shown[column] = table[column].map(lambda v: "" if v is None or v != v else str(v))
+    if "out_of_training_range" in table:
+        shown["out_of_range"] = table["out_of_training_range"].map(_reason_names)
+    for column in table.columns:
+        if column.startswith("sem_volume"):
+            shown[column] = table[column].map(_number)
+    shown["status"] = table["status"]
     print(shown.to_string(index=False, max_colwidth=60))
 
 
@@ -41,7 +72,15 @@ def predict_entry() -> None:
     parser.add_argument("-device", default="cuda", choices=("cuda", "cpu", "mps"), help="device (default cuda)")
     parser.add_argument("--no_maps", action="store_true", help="do not write the error maps")
     parser.add_argument("--flag_below", type=float, default=DEFAULT_FLAG_BELOW,
-                        help=f"flag cases whose predicted DSC is below this (default {DEFAULT_FLAG_BELOW})")
+                        help=f"quality threshold (default {DEFAULT_FLAG_BELOW}): cases whose predicted DSC is below it "
+                             f"are flagged; decisions: fail when the DSC interval lies below it, pass when above, "
+                             f"review otherwise")
+    parser.add_argument("--alpha", type=float, default=DEFAULT_ALPHA,
+                        help=f"the DSC and NSD intervals hold the true value with probability 1 - alpha "
+                             f"(default {DEFAULT_ALPHA})")
+    parser.add_argument("--no_recalibration", action="store_true",
+                        help="intervals around the network's raw prediction, without the recalibration learnt "
+                             "from the out-of-fold predictions")
     parser.add_argument("-npp", type=int, default=None,
                         help="processes reading and preprocessing cases ahead of the network (0: none; default 1 "
                              "on a GPU, 0 on the CPU, where they would compete with the network for the cores)")
@@ -57,6 +96,10 @@ def predict_entry() -> None:
     args = parser.parse_args()
     if args.m is not None and (args.c, args.tr, args.p) != (None, None, None):
         parser.error("-m names the model folder itself; -c, -tr and -p go with -d only")
+    try:
+        check_alpha(args.alpha)
+    except ValueError as e:
+        parser.error(str(e))
     device = torch.device(args.device)
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("CUDA is not available here; use -device cpu")
@@ -69,14 +112,15 @@ def predict_entry() -> None:
     try:
         folder = args.m if args.m is not None else model_folder(
             args.d, args.tr or "nnQCTrainer", args.p or PLANS_IDENTIFIER, args.c or "3d_fullres")
-        predictor.initialize_from_trained_model_folder(folder, args.f, args.chk)
+        predictor.initialize_from_trained_model_folder(folder, args.f, args.chk, not args.no_recalibration)
         metadata = load_model_metadata(folder, predictor.folds, args.chk)
         metadata.update(trainer=predictor.trainer_name, configuration=predictor.configuration_name)
         print(describe_model(metadata), flush=True)
         print(f"nnQC_predict: network precision {predictor.precision}" + (
             " (this CPU computes bf16 natively; --fp32 for full precision)" if predictor.precision == "bf16" else ""))
         table = predictor.predict_from_files(args.i, args.s, args.o, not args.no_maps, args.flag_below,
-                                             args.num_parts, args.part_id, args.continue_prediction, npp, nps)
+                                             args.num_parts, args.part_id, args.continue_prediction, npp, nps,
+                                             args.alpha)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"nnQC_predict: error: {e}", file=sys.stderr)
         sys.exit(1)
@@ -85,6 +129,14 @@ def predict_entry() -> None:
     print(f"\n{int((table['status'] == 'ok').sum())} case(s) assessed, {int(table['flagged'].fillna(False).sum())} "
           f"flagged (predicted DSC < {args.flag_below}), {partial} seen only in part (partial_view), "
           f"{int((table['status'] != 'ok').sum())} skipped; summary: {join(args.o, 'qc_summary.csv')}")
+    if predictor.calibration is not None:
+        counts = decision_counts(table.loc[table["status"] == "ok", "decision"].tolist())
+        print(f"decisions at coverage {1 - args.alpha:g} against DSC {args.flag_below}: {counts['pass']} pass, "
+              f"{counts['review']} review, {counts['fail']} fail "
+              f"({'recalibrated' if predictor.calibration.recalibrate else 'raw, not recalibrated'})")
+    else:
+        print(f"no calibration ({predictor.calibration_status['reason']}): no intervals and no pass/review/fail "
+              f"decisions, only the flag")
     if args.report:
         from nnqc.evaluation.report import write_report
 
