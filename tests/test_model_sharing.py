@@ -266,7 +266,11 @@ def test_round_trip_predicts_identically_from_the_installed_model(trained_pipeli
     archive = str(tmp_path / "shared.zip")
     result = run_module("nnqc.run.export_model", env, "-d", str(QC_ID), "-tr", TRAINER, "-f", "0", "-o", archive)
     assert result.returncode == 0, result.stderr
-    assert "exported 4 files" in result.stdout
+    # plans, dataset.json, fold 0's checkpoint, the metadata and the calibration built from the out-of-fold
+    # predictions of fold 0's final validation
+    assert "exported 5 files" in result.stdout
+    with zipfile.ZipFile(archive) as zipped:
+        assert any(n.endswith("/calibration.json") for n in zipped.namelist())
 
     other = {"nnUNet_results": str(tmp_path / "elsewhere"), "nnUNet_raw": "", "nnUNet_preprocessed": ""}
     result = run_module("nnqc.run.install_model", other, archive)

@@ -14,7 +14,6 @@ fold retrained or validated again), so a calibration built from other folds or f
 """
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 from collections.abc import Sequence
@@ -23,7 +22,7 @@ import numpy as np
 import pandas as pd
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json, subdirs
 
-from nnqc.atomic_files import write_json_atomically
+from nnqc.atomic_files import file_sha256, write_json_atomically
 from nnqc.calibration.conformal import (
     DEFAULT_ALPHA,
     MIN_SAMPLES_PER_BIN,
@@ -48,14 +47,6 @@ class CalibrationError(ValueError):
     """Calibration data that cannot be used; the message names the file and says why."""
 
 
-def _sha256(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def calibration_folds(model_folder: str) -> list[int]:
     """The cross-validation folds (numbers; never fold_all, which has no held-out data) with out-of-fold
     predictions."""
@@ -70,7 +61,7 @@ def _source_record(model_folder: str, fold: int) -> dict:
         raise CalibrationError(f"{path} does not exist: run the final validation of fold {fold} "
                                f"(nnQC_train ... {fold} --val) or calibrate without it")
     stat = os.stat(path)
-    return {"file": f"fold_{fold}/{OUT_OF_FOLD_PREDICTIONS}", "sha256": _sha256(path), "size": stat.st_size,
+    return {"file": f"fold_{fold}/{OUT_OF_FOLD_PREDICTIONS}", "sha256": file_sha256(path), "size": stat.st_size,
             "mtime": stat.st_mtime}
 
 
@@ -170,7 +161,7 @@ def _is_current(calibration: dict, model_folder: str, folds: list[int]) -> bool:
         return False
     for source in built.get("sources", []):
         path = join(model_folder, source["file"])
-        if not isfile(path) or _sha256(path) != source["sha256"]:
+        if not isfile(path) or file_sha256(path) != source["sha256"]:
             return False
     return True
 

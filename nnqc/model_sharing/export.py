@@ -16,7 +16,7 @@ import zipfile
 
 from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, subfiles
 
-from nnqc.atomic_files import replace_atomically
+from nnqc.atomic_files import file_sha256, replace_atomically
 from nnqc.calibration.calibration_file import CalibrationError, calibration_folds, load_or_build_calibration
 from nnqc.experiment_planning.plan_and_preprocess import DEFAULT_PLANS_NAME as PLANS_IDENTIFIER
 from nnqc.model_sharing.model_metadata import (
@@ -27,7 +27,6 @@ from nnqc.model_sharing.model_metadata import (
     build_model_metadata,
     fold_folder,
     parse_folds,
-    sha256_of,
     trained_model_folder,
 )
 
@@ -84,7 +83,7 @@ def export_model_folder_to_zip(model_folder: str, output_file: str, folds=None,
     if None in (metadata["trainer"], metadata["configuration"]):
         raise ValueError(f"{model_folder} is not named TRAINER__PLANS__CONFIGURATION as nnU-Net names model folders")
     files = files_to_export(model_folder, folds, checkpoints, training_logs, validation_predictions)
-    metadata["files"] = {name: sha256_of(join(model_folder, name)) for name in files}
+    metadata["files"] = {name: file_sha256(join(model_folder, name)) for name in files}
     prefix = f"{os.path.basename(os.path.dirname(model_folder))}/{os.path.basename(model_folder)}"
 
     def write(temporary: str) -> None:

@@ -6,7 +6,6 @@ For a folder trained here (no nnqc_model.json yet) the same document is built fr
 """
 from __future__ import annotations
 
-import hashlib
 import importlib.metadata
 import os
 
@@ -60,14 +59,6 @@ def available_folds(model_folder: str, checkpoints: list[str] | tuple[str, ...] 
                         if d[len("fold_"):] == "all" or d[len("fold_"):].isdigit())
     folds = [f for f in folds if all(isfile(join(model_folder, fold_folder(f), c)) for c in checkpoints)]
     return sorted(folds, key=lambda f: (isinstance(f, str), f if isinstance(f, int) else 0))
-
-
-def sha256_of(path: str) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def _identity_from_folder_name(model_folder: str) -> tuple[str | None, str | None, str | None]:
