@@ -65,6 +65,9 @@ def uneven_copy(trained_pipeline, tmp_path, monkeypatch):
     return targets[targets["subject"].isin(val_subjects)].reset_index(drop=True)
 
 
+TOL = 1e-4
+
+
 def test_gloo_ddp_trains_validates_and_matches_one_process(uneven_copy, tmp_path, monkeypatch):
     from nnqc.run.train import get_trainer, run_training
 
@@ -88,7 +91,9 @@ def test_gloo_ddp_trains_validates_and_matches_one_process(uneven_copy, tmp_path
     assert sorted(everything["sample"]) == sorted(val["sample"])
     assert summary["all_samples"]["num_samples"] == len(val) and summary["num_samples"] == len(balanced)
 
-    # one process, same weights, same samples: the same per-sample predictions and metrics
+    # one process, same weights, same samples: the same per-sample predictions and metrics. Tolerance TOL: fp32
+    # kernels differ between batch compositions (padding changes them) and thread counts by up to ~1e-5 here,
+    # while a padded duplicate counted, or a sample lost, moves these figures by about 1 / n (n < 40)
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")
     ddp_folder = str(tmp_path / "ddp_validation")
     shutil.copytree(join(folder, "validation"), ddp_folder)
@@ -98,11 +103,11 @@ def test_gloo_ddp_trains_validates_and_matches_one_process(uneven_copy, tmp_path
     assert list(single["sample"]) == list(everything["sample"])
     for column in single.columns:
         if single[column].dtype.kind == "f":
-            assert np.allclose(single[column], everything[column], atol=1e-5, equal_nan=True), column
+            assert np.allclose(single[column], everything[column], atol=TOL, equal_nan=True), column
     single_summary = load_json(join(folder, "validation", "summary.json"))
-    assert single_summary["dsc"]["r"] == pytest.approx(summary["dsc"]["r"], abs=1e-5, nan_ok=True)
-    assert single_summary["dsc"]["mae"] == pytest.approx(summary["dsc"]["mae"], abs=1e-5)
-    assert single_summary["nsd"]["mae"] == pytest.approx(summary["nsd"]["mae"], abs=1e-5)
+    assert single_summary["dsc"]["r"] == pytest.approx(summary["dsc"]["r"], abs=TOL, nan_ok=True)
+    assert single_summary["dsc"]["mae"] == pytest.approx(summary["dsc"]["mae"], abs=TOL)
+    assert single_summary["nsd"]["mae"] == pytest.approx(summary["nsd"]["mae"], abs=TOL)
 
     # the epoch's validation (5 of the balanced samples, split 3/2 with one padded) logged what one process
     # computes on those 5 samples with the same weights
@@ -116,8 +121,8 @@ def test_gloo_ddp_trains_validates_and_matches_one_process(uneven_copy, tmp_path
     assert len(out["samples"]) == 5
     logged = checkpoint["logging"]
     expected = regression_summary(out["true"][:, 0], out["predicted"][:, 0])
-    assert logged["val_dsc_mae"][0] == pytest.approx(expected["mae"], abs=1e-5)
-    assert logged["val_dsc_r"][0] == pytest.approx(expected["r"], abs=1e-5, nan_ok=True)
+    assert logged["val_dsc_mae"][0] == pytest.approx(expected["mae"], abs=TOL)
+    assert logged["val_dsc_r"][0] == pytest.approx(expected["r"], abs=TOL, nan_ok=True)
     assert logged["val_nsd_mae"][0] == pytest.approx(
-        regression_summary(out["true"][:, 1], out["predicted"][:, 1])["mae"], abs=1e-5)
-    assert logged["mean_fg_dice"][0] == pytest.approx(float(np.nanmean(np.nanmean(out["sem_dice"], 0))), abs=1e-5)
+        regression_summary(out["true"][:, 1], out["predicted"][:, 1])["mae"], abs=TOL)
+    assert logged["mean_fg_dice"][0] == pytest.approx(float(np.nanmean(np.nanmean(out["sem_dice"], 0))), abs=TOL)

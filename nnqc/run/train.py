@@ -70,6 +70,8 @@ def _run_ddp(rank: int, world_size: int, kwargs: dict, run_kwargs: dict, backend
         device = torch.device(device_type)
     try:
         _train_and_validate(get_trainer(**kwargs, device=device), **run_kwargs)
+        # no rank tears its process group down while another is still in a collective call (gloo aborts then)
+        dist.barrier()
     finally:
         dist.destroy_process_group()
 
