@@ -66,11 +66,13 @@ def time_training_iteration(runs: int, seed: int = 0) -> list[float]:
 
 
 def shifted_candidate(seg: np.ndarray, shift: int, axis: int) -> np.ndarray:
-    """A candidate of a subject: its reference labels moved by `shift` voxels (lower DSC for larger shifts)."""
-    return np.roll(np.clip(seg, 0, None), shift, axis=axis).astype(np.uint8)
+    """A candidate of a subject: its reference labels (1, z, y, x) moved by `shift` voxels along spatial `axis`
+    (0-2; lower DSC for larger shifts)."""
+    return np.roll(np.clip(seg, 0, None), shift, axis=1 + axis).astype(np.uint8)
 
 
-def write_preprocessed_subjects(folder: str, num_subjects: int, seed: int) -> pd.DataFrame:
+def write_preprocessed_subjects(folder: str, num_subjects: int, seed: int, phantom_shape: tuple[int, ...] | None = None,
+                                patch: tuple[int, ...] = PATCH_SIZE) -> pd.DataFrame:
     """Synthetic subjects in nnU-Net 2.8.1's preprocessed format plus candidates/SAMPLE.npz; the samples table."""
     from nnunetv2.preprocessing.cropping.cropping import crop_to_nonzero
     from nnunetv2.preprocessing.normalization.default_normalization_schemes import ZScoreNormalization
@@ -86,7 +88,7 @@ def write_preprocessed_subjects(folder: str, num_subjects: int, seed: int) -> pd
     rows = []
     for i in range(num_subjects):
         subject = f"BraTS_{i:05d}"
-        images, label = make_brats_phantom(rng=rng)
+        images, label = make_brats_phantom(**({"shape": phantom_shape} if phantom_shape else {}), rng=rng)
         shape_before_cropping = images.shape[1:]
         data, seg, bbox = crop_to_nonzero(images, label[None].astype(np.int16))
         for c in range(len(data)):
@@ -95,8 +97,8 @@ def write_preprocessed_subjects(folder: str, num_subjects: int, seed: int) -> pd
         properties = {"spacing": [1.0, 1.0, 1.0], "shape_before_cropping": shape_before_cropping,
                       "bbox_used_for_cropping": bbox, "shape_after_cropping_and_before_resampling": data.shape[1:],
                       "class_locations": DefaultPreprocessor._sample_foreground_locations(seg, list(BRATS_REGIONS))}
-        blocks, chunks = comp_blosc2_params(data.shape, PATCH_SIZE, data.itemsize)
-        blocks_seg, chunks_seg = comp_blosc2_params(seg.shape, PATCH_SIZE, seg.itemsize)
+        blocks, chunks = comp_blosc2_params(data.shape, patch, data.itemsize)
+        blocks_seg, chunks_seg = comp_blosc2_params(seg.shape, patch, seg.itemsize)
         nnUNetDatasetBlosc2.save_case(data, seg, properties, os.path.join(folder, subject), chunks=chunks,
                                       blocks=blocks, chunks_seg=chunks_seg, blocks_seg=blocks_seg)
         for k, shift in enumerate((0, 3, 8, 15)):

@@ -25,7 +25,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 import pandas as pd
 import torch
 
@@ -91,46 +90,6 @@ def training_iteration(device: torch.device, patch: tuple[int, ...], batch: int,
         result["peak_allocated_GiB"] = torch.cuda.max_memory_allocated(device) / 2 ** 30
         result["peak_reserved_GiB"] = torch.cuda.max_memory_reserved(device) / 2 ** 30
     return result
-
-
-def write_preprocessed_subjects(folder: str, num_subjects: int, phantom_shape: tuple[int, ...] | None,
-                                patch: tuple[int, ...], seed: int) -> pd.DataFrame:
-    """Phantom subjects stored as nnU-Net's DefaultPreprocessor stores them, four candidates each (shifted
-    references) as nnQC stores them; returns the samples table the loader draws from."""
-    from nnunetv2.preprocessing.cropping.cropping import crop_to_nonzero
-    from nnunetv2.preprocessing.normalization.default_normalization_schemes import ZScoreNormalization
-    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
-    from nnunetv2.training.dataloading.nnunet_dataset import comp_blosc2_params, nnUNetDatasetBlosc2
-
-    from dataset_conversion.phantoms import make_brats_phantom
-    from nnqc.metrics.dice import multiclass_dice
-    from nnqc.training.data_loader import CANDIDATES_FOLDER
-
-    os.makedirs(os.path.join(folder, CANDIDATES_FOLDER))
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(num_subjects):
-        subject = f"Phantom_{i:05d}"
-        images, label = make_brats_phantom(**({"shape": phantom_shape} if phantom_shape else {}), rng=rng)
-        shape_before_cropping = images.shape[1:]
-        data, seg, bbox = crop_to_nonzero(images, label[None].astype(np.int16))
-        for c in range(len(data)):
-            data[c] = ZScoreNormalization(use_mask_for_norm=True, intensityproperties={}).run(data[c], seg[0])
-        data, seg = data.astype(np.float32), seg.astype(np.int16)
-        properties = {"spacing": [1.0, 1.0, 1.0], "shape_before_cropping": shape_before_cropping,
-                      "bbox_used_for_cropping": bbox, "shape_after_cropping_and_before_resampling": data.shape[1:],
-                      "class_locations": DefaultPreprocessor._sample_foreground_locations(seg, list(BRATS_REGIONS))}
-        blocks, chunks = comp_blosc2_params(data.shape, patch, data.itemsize)
-        blocks_seg, chunks_seg = comp_blosc2_params(seg.shape, patch, seg.itemsize)
-        nnUNetDatasetBlosc2.save_case(data, seg, properties, os.path.join(folder, subject), chunks=chunks,
-                                      blocks=blocks, chunks_seg=chunks_seg, blocks_seg=blocks_seg)
-        for k, shift in enumerate((0, 3, 8, 15)):
-            sample = f"{subject}__shift__{k}"
-            candidate = np.roll(np.clip(seg, 0, None), shift, axis=1 + k % 3).astype(np.uint8)
-            np.savez_compressed(os.path.join(folder, CANDIDATES_FOLDER, sample + ".npz"), seg=candidate)
-            dsc = multiclass_dice(np.clip(seg[0], 0, None), candidate[0])
-            rows.append({"sample": sample, "subject": subject, "dsc": dsc, "nsd": dsc})
-    return pd.DataFrame(rows)
 
 
 def loader_samples_per_second(folder: str, samples: pd.DataFrame, patch: tuple[int, ...], batch: int,
@@ -256,7 +215,9 @@ def main() -> None:
               f"trainer's augmentation", flush=True)
         folder = os.path.join(base, "loading")
         os.makedirs(folder)
-        samples = write_preprocessed_subjects(folder, subjects, dry.get("phantom"), patch, args.seed)
+        from benchmark_training import write_preprocessed_subjects  # phantoms stored as nnU-Net stores them
+
+        samples = write_preprocessed_subjects(folder, subjects, args.seed, dry.get("phantom"), patch)
         results["data_loading"] = []
         print(f"   {'workers':>8}{'samples/s':>11}{'keeps up with a)':>18}")
         for n in workers:
