@@ -16,7 +16,6 @@ import sys
 import tempfile
 import time
 
-import numpy as np
 import SimpleITK as sitk
 import torch
 
@@ -53,9 +52,16 @@ def time_limited(trainer_class: type, seconds: float) -> type:
     return TimeLimited
 
 
+def figure(value: float | None, width: int) -> str:
+    """A right-aligned figure of 3 decimals; evaluation results hold None where a figure is undefined (a constant
+    prediction has no Pearson r)."""
+    return f"{value:>{width}.3f}" if value is not None else f"{'n/a':>{width}}"
+
+
 def held_out_cases(source: str, out: str, per_case: int) -> tuple[str, str, str]:
     from nnqc.metrics.regions import allowed_labels, get_regions
     from nnqc.qc_data.generators import GENERATOR_FAMILIES, generate_candidate
+    from nnqc.qc_data.view import read_subject_view
 
     with open(os.path.join(source, "dataset.json")) as f:
         import json
@@ -69,11 +75,13 @@ def held_out_cases(source: str, out: str, per_case: int) -> tuple[str, str, str]
     for i, case in enumerate(cases):
         reference = sitk.ReadImage(os.path.join(source, "labelsTs", case + ".nii.gz"))
         array = sitk.GetArrayFromImage(reference)
+        # candidates stay inside the images' non-zero box, as nnQC_convert's do, so none is a partial view
+        view = read_subject_view([os.path.join(source, "imagesTs", f"{case}_{c:04d}.nii.gz") for c in range(4)])
         for k in range(per_case):
             name = f"{case}_{k}"
             family = GENERATOR_FAMILIES[k % len(GENERATOR_FAMILIES)]
             candidate = generate_candidate(family, array, 10_000 + 100 * i + k, reference.GetSpacing()[::-1],
-                                           labels, regions)
+                                           labels, regions, view)
             image = sitk.GetImageFromArray(candidate)
             image.CopyInformation(reference)
             sitk.WriteImage(image, os.path.join(folders[1], name + ".nii.gz"), True)
@@ -135,9 +143,8 @@ def main() -> None:
     print(f"{'trainer':<24}{'minutes':>8}{'iters':>7}{'DSC r':>8}{'DSC MAE':>9}{'NSD r':>8}{'NSD MAE':>9}"
           f"{'DSC_SEM':>9}")
     for name, minutes, iterations, r in rows:
-        sem = r["dsc_sem"].get("mean")
-        print(f"{name:<24}{minutes:>8.1f}{iterations:>7}{r['dsc']['r']:>8.3f}{r['dsc']['mae']:>9.3f}"
-              f"{r['nsd']['r']:>8.3f}{r['nsd']['mae']:>9.3f}{(sem if sem is not None else np.nan):>9.3f}")
+        print(f"{name:<24}{minutes:>8.1f}{iterations:>7}{figure(r['dsc']['r'], 8)}{figure(r['dsc']['mae'], 9)}"
+              f"{figure(r['nsd']['r'], 8)}{figure(r['nsd']['mae'], 9)}{figure(r['dsc_sem'].get('mean'), 9)}")
     for name, _, _, r in rows:  # calibrated decisions (from fold 0's out-of-fold predictions, when it has them)
         print(f"\n{name}:")
         for line in calibration_lines(r):

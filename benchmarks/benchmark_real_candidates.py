@@ -19,10 +19,11 @@ import sys
 import tempfile
 import time
 
+import pandas as pd
 import torch
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from benchmark_learning import time_limited  # noqa: E402
+from benchmark_learning import figure, time_limited  # noqa: E402
 
 SEGMENTER = "nnUNetTrainer_10epochs_25iterations"
 SNAPSHOTS = ("20%", "50%", "100%")
@@ -93,7 +94,7 @@ def main() -> None:
         os.makedirs(os.environ[name], exist_ok=True)
     torch.set_num_threads(os.cpu_count() or 1)
     from dataset_conversion.phantoms import write_phantom_dataset
-    from nnqc.evaluation.evaluate import evaluate_predictions
+    from nnqc.evaluation.evaluate import calibration_lines, evaluate_predictions
     from nnqc.experiment_planning.plan_and_preprocess import plan_and_preprocess
     from nnqc.inference.predictor import nnQCPredictor
     from nnqc.qc_data.conversion import convert_dataset
@@ -127,6 +128,7 @@ def main() -> None:
         trainer = get_trainer(qc_id, "3d_fullres", 0, time_limited(get_trainer_class("nnQCTrainer_CPUDemo"),
                                                                    args.minutes * 60), device=torch.device("cpu"))
         trainer.run_training()
+        trainer.perform_actual_validation()  # out-of-fold predictions: the model's calibration
         del os.environ["nnUNet_n_proc_DA"]
         samples = len(trainer._samples_of(trainer.do_split()[0]))
         predictor = nnQCPredictor(torch.device("cpu"), allow_tqdm=False)
@@ -138,10 +140,19 @@ def main() -> None:
     print(f"\nsegmenters: {segmenter_minutes:.1f} min; evaluation: {len(os.listdir(segs))} FLAIR-only nnU-Net "
           f"segmentations ({', '.join(os.path.basename(f) for f in evaluation.candidate_folders)}) of "
           f"{args.held_out} held-out subjects; QC training {args.minutes:.0f} min each")
-    print(f"{'QC training data':<28}{'samples':>8}{'iters':>7}{'DSC r':>8}{'DSC MAE':>9}{'NSD r':>8}{'NSD MAE':>9}")
+    true_dsc = pd.read_csv(os.path.join(root, "qc_821", "qc_evaluation.csv"))["true_dsc"]
+    print("true DSC of the evaluation segmentations: " + ", ".join(
+        f"{q} {true_dsc.quantile(v):.3f}" for q, v in (("min", 0), ("q25", .25), ("median", .5), ("q75", .75),
+                                                       ("max", 1))))
+    print(f"{'QC training data':<28}{'samples':>8}{'iters':>7}{'DSC r':>8}{'DSC MAE':>9}{'NSD r':>8}{'NSD MAE':>9}"
+          f"{'DSC_SEM':>9}")
     for label, samples, iterations, r in rows:
-        print(f"{label:<28}{samples:>8}{iterations:>7}{r['dsc']['r']:>8.3f}{r['dsc']['mae']:>9.3f}"
-              f"{r['nsd']['r']:>8.3f}{r['nsd']['mae']:>9.3f}")
+        print(f"{label:<28}{samples:>8}{iterations:>7}{figure(r['dsc']['r'], 8)}{figure(r['dsc']['mae'], 9)}"
+              f"{figure(r['nsd']['r'], 8)}{figure(r['nsd']['mae'], 9)}{figure(r['dsc_sem'].get('mean'), 9)}")
+    for label, _, _, r in rows:
+        print(f"\n{label}:")
+        for line in calibration_lines(r):
+            print(f"  {line}")
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)
 
