@@ -1,6 +1,7 @@
 """nnQCTrainer on a tiny phantom QC dataset: training, checkpoints, resuming, validation, data and augmentation."""
 import json
 import os
+import shutil
 
 import numpy as np
 import pandas as pd
@@ -63,9 +64,15 @@ def test_training_writes_checkpoints_logs_and_validation(pipeline_env):
     assert np.allclose(everything["dsc"], expected.set_index("sample").loc[everything["sample"], "dsc"])
 
 
-def test_continue_training_resumes_where_it_stopped(pipeline_env):
+def test_continue_training_resumes_where_it_stopped(pipeline_env, tmp_path, monkeypatch):
     from nnqc.run.train import get_trainer
 
+    # resume a copy of fold 1: the shared model's checkpoints stay those the other tests expect
+    model = os.path.dirname(fold_folder(pipeline_env, 1))
+    copy = join(str(tmp_path), os.path.relpath(model, pipeline_env.results))
+    shutil.copytree(model, copy, ignore=lambda folder, names: [n for n in names if folder == model
+                                                                and n.startswith("fold_") and n != "fold_1"])
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
     trainer = get_trainer(QC_ID, "3d_fullres", 1, TRAINER, continue_training=True, device=torch.device("cpu"))
     trainer.num_epochs = 3
     maybe_load_checkpoint(trainer, continue_training=True, validation_only=False)
