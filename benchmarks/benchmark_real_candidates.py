@@ -19,6 +19,7 @@ import sys
 import tempfile
 import time
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -76,6 +77,39 @@ def evaluation_cases(candidate_folders: list[str], source: str, out: str) -> tup
                 os.link(os.path.join(source, "imagesTr", f"{case}_{c:04d}.nii.gz"),
                         os.path.join(folders[0], f"{name}_{c:04d}.nii.gz"))
     return tuple(folders)
+
+
+def comparison_lines(evaluation_a: str, evaluation_b: str, repeats: int = 4000, seed: int = 0) -> list[str]:
+    """Paired bootstrap over the evaluation cases (both models judged the same segmentations) of Pearson r and MAE
+    of (a), (b) and their difference (b - a), 95 % percentile intervals; then, per snapshot, the mean true and
+    predicted values: where the two models part."""
+    a = pd.read_csv(evaluation_a).set_index("case").sort_index()
+    b = pd.read_csv(evaluation_b).set_index("case").loc[a.index]
+    rng = np.random.default_rng(seed)
+    draws = rng.integers(0, len(a), (repeats, len(a)))
+    lines = []
+    for metric in ("dsc", "nsd"):
+        true = a[f"true_{metric}"].to_numpy()
+        predicted = (a[f"predicted_{metric}"].to_numpy(), b[f"predicted_{metric}"].to_numpy())
+        figures = {"r": [], "MAE": []}
+        for i in draws:
+            r = [np.corrcoef(true[i], p[i])[0, 1] if np.ptp(p[i]) > 0 and np.ptp(true[i]) > 0 else np.nan
+                 for p in predicted]
+            mae = [np.abs(true[i] - p[i]).mean() for p in predicted]
+            figures["r"].append((*r, r[1] - r[0]))
+            figures["MAE"].append((*mae, mae[1] - mae[0]))
+        for name, values in figures.items():
+            low, high = np.nanpercentile(np.array(values), [2.5, 97.5], axis=0)
+            lines.append(f"{metric.upper()} {name:<3} 95 % (paired bootstrap, {repeats}x): (a) [{low[0]:.3f}, "
+                         f"{high[0]:.3f}]  (b) [{low[1]:.3f}, {high[1]:.3f}]  b - a [{low[2]:+.3f}, {high[2]:+.3f}]")
+    snapshot = a.index.str.rsplit("_", n=1).str[-1]
+    for tag in sorted(set(snapshot), key=lambda t: int(t.removeprefix("ep"))):
+        k = snapshot == tag
+        lines.append(f"{tag:>5}: n {k.sum()}, true DSC {a['true_dsc'][k].mean():.3f} predicted (a) "
+                     f"{a['predicted_dsc'][k].mean():.3f} (b) {b['predicted_dsc'][k].mean():.3f}; true NSD "
+                     f"{a['true_nsd'][k].mean():.3f} predicted (a) {a['predicted_nsd'][k].mean():.3f} (b) "
+                     f"{b['predicted_nsd'][k].mean():.3f}")
+    return lines
 
 
 def main() -> None:
@@ -149,6 +183,9 @@ def main() -> None:
     for label, samples, iterations, r in rows:
         print(f"{label:<28}{samples:>8}{iterations:>7}{figure(r['dsc']['r'], 8)}{figure(r['dsc']['mae'], 9)}"
               f"{figure(r['nsd']['r'], 8)}{figure(r['nsd']['mae'], 9)}{figure(r['dsc_sem'].get('mean'), 9)}")
+    print()
+    for line in comparison_lines(*(os.path.join(root, f"qc_{i}", "qc_evaluation.csv") for i in (821, 822))):
+        print(line)
     for label, _, _, r in rows:
         print(f"\n{label}:")
         for line in calibration_lines(r):
