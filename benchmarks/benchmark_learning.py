@@ -3,7 +3,8 @@
     python benchmarks/benchmark_learning.py [--minutes 20] [--subjects 40] [--held_out 10] [--keep DIR]
 
 Phantom source dataset (BraTS-like, small size) -> nnQC_convert -> plan and preprocess -> for each trainer,
-training on CPU until the time budget is spent (whole epochs) -> predictions on held-out subjects whose
+training on CPU on the demo's schedule (nnQCTrainer_CPUDemo's epochs and lr decay, the trainer's own network and
+learning rate) until the time budget is spent (whole epochs) -> predictions on held-out subjects whose
 candidates span all quality levels -> Pearson r and MAE of DSC and NSD, DSC_SEM, then per trainer the calibrated
 figures: DSC interval coverage and mean width at alpha 0.1, AURC beside the optimal and a random ranking,
 pass/review/fail counts, mean error for true DSC > 0.85 raw and recalibrated. Targets (QCResUNet): DSC r >= 0.85,
@@ -50,6 +51,14 @@ def time_limited(trainer_class: type, seconds: float) -> type:
 
     TimeLimited.__name__ = trainer_class.__name__
     return TimeLimited
+
+
+def on_schedule(trainer_class: type, schedule_class: type) -> type:
+    """The trainer (its network, learning rate and loss) on the schedule's epochs, iterations and lr decay: the
+    trainers compared then differ in what they are, not in how fast their learning rate falls."""
+    schedule = {k: v for k, v in schedule_class.hyperparameters.items() if k != "initial_lr"}
+    return type(trainer_class.__name__, (trainer_class,),
+                {"hyperparameters": {**schedule, **trainer_class.hyperparameters}})
 
 
 def figure(value: float | None, width: int) -> str:
@@ -103,6 +112,9 @@ def main() -> None:
     parser.add_argument("--lesion_size", type=float, nargs=2, default=(0.35, 0.6),
                         help="lesion radius range as a fraction of the brain radius (the demo's)")
     parser.add_argument("--trainers", nargs="+", default=list(TRAINERS))
+    parser.add_argument("--schedule", default=TRAINERS[0],
+                        help="trainer whose epochs and lr decay every trainer uses (default %(default)s; 'own': "
+                             "each its own)")
     parser.add_argument("--keep", default=None, help="work folder to keep (default: a temporary one)")
     args = parser.parse_args()
     root = args.keep or tempfile.mkdtemp(prefix="nnqc_learning_")
@@ -127,7 +139,10 @@ def main() -> None:
     os.environ["nnUNet_n_proc_DA"] = "0"
     rows = []
     for name in args.trainers:
-        trainer = get_trainer(801, "3d_fullres", 0, time_limited(get_trainer_class(name), args.minutes * 60),
+        trainer_class = get_trainer_class(name)
+        if args.schedule != "own":
+            trainer_class = on_schedule(trainer_class, get_trainer_class(args.schedule))
+        trainer = get_trainer(801, "3d_fullres", 0, time_limited(trainer_class, args.minutes * 60),
                               device=torch.device("cpu"))
         start = time.time()
         trainer.run_training()
