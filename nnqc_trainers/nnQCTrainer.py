@@ -29,6 +29,7 @@ from torch import distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from nnqc.atomic_files import replace_atomically, write_json_atomically
+from nnqc.calibration.training_labels import write_training_labels
 from nnqc.cpu_features import OVERRIDE_VARIABLE, cpu_has_native_bf16
 from nnqc.evaluation.qc_metrics import regression_summary, sem_dice_summary
 from nnqc.metrics.regions import get_regions
@@ -222,6 +223,11 @@ class nnQCTrainer(nnUNetTrainer):
         _, dummy_2d, _, mirror_axes = self.configure_rotation_dummyDA_mirroring_and_inital_patch_size()
         transforms = qc_training_transforms(patch_size, dummy_2d=dummy_2d, mirror_axes=mirror_axes)
         training_samples = self._samples_of(tr_keys)
+        if self.local_rank == 0:
+            record = write_training_labels(self.output_folder, training_samples)
+            if record["labels"] is None:
+                self.print_to_log_file(f"WARNING: the labels of the training candidates are not known, so "
+                                       f"nnQC_predict cannot name labels this model never saw: {record['reason']}")
         loader = nnQCDataLoader(self.dataset_class(self.preprocessed_dataset_folder, tr_keys), training_samples,
                                 self.preprocessed_dataset_folder, self.batch_size, patch_size, transforms)
         if self.num_iterations_per_epoch is None:

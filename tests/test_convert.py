@@ -137,7 +137,7 @@ def test_layout_csv_and_targets(env):
     columns, rows = target_rows(os.path.join(folder, TARGETS_CSV))
     assert columns == ["sample", "subject", "source", "generator", "seed", "dsc", "nsd",
                        *[f"dsc_{n}" for n in names], *[f"nsd_{n}" for n in names],
-                       "candidate_outside_view", "reference_outside_view"]
+                       "candidate_outside_view", "reference_outside_view", "labels"]
     samples = [r["sample"] for r in rows]
     assert samples == sorted(samples) and len(set(samples)) == len(samples)
     per_subject = 1 + 1 + OPTIONS["num_seggen"] + OPTIONS["num_degradations"]
@@ -184,6 +184,8 @@ def test_layout_csv_and_targets(env):
         reference, ref_image = _read(os.path.join(folder, "labelsTr", r["subject"] + ".nii.gz"))
         candidate, cand_image = _read(os.path.join(folder, CANDIDATES_FOLDER, r["sample"] + ".nii.gz"))
         assert candidate.dtype == np.uint8 and set(np.unique(candidate)) <= set(labels)
+        # the candidate's foreground labels, as training records what a model has seen
+        assert r["labels"] == " ".join(str(v) for v in np.unique(candidate) if v != 0)
         for getter in ("GetSpacing", "GetOrigin", "GetDirection"):
             assert np.allclose(getattr(cand_image, getter)(), getattr(ref_image, getter)(), atol=1e-6)
         spacing = ref_image.GetSpacing()[::-1]
@@ -292,6 +294,12 @@ def test_resume_after_sigkill_equals_clean_run(env):
     assert not os.path.exists(os.path.join(folder, TARGETS_CSV))
     done = len(open(records).read().splitlines())
     assert 5 <= done < env.reference.num_samples
+    # a record as an nnQC before the labels column wrote it: its sample is made again
+    lines = open(records).read().splitlines()
+    older = json.loads(lines[0])
+    del older["labels"]
+    with open(records, "w") as f:
+        f.write("\n".join([json.dumps(older), *lines[1:]]) + "\n")
     # what a kill during a write leaves: a truncated record and a temporary file
     with open(records, "a") as f:
         f.write('{"sample": "case_0003__degr')
@@ -305,6 +313,7 @@ def test_resume_after_sigkill_equals_clean_run(env):
         lines = f.read().splitlines()
     assert all(json.loads(line)["sample"] for line in lines)  # the truncated line was cut, not continued
     assert len({json.loads(line)["sample"] for line in lines}) == env.reference.num_samples
+    assert "labels" in [json.loads(line) for line in lines if older["sample"] in line][-1]
 
 
 def test_external_tags_and_missing_subject_warning(env):
@@ -408,6 +417,13 @@ def test_verify_passes_on_good_data_and_fails_on_corrupted(env, tmp_path, monkey
         lines[5] = ",".join(cells)
         open(path, "w").write("\n".join(lines) + "\n")
 
+    def edit_labels(folder):
+        path = os.path.join(folder, TARGETS_CSV)
+        lines = open(path).read().splitlines()
+        k = next(i for i, line in enumerate(lines) if line.endswith(",1 2 3"))
+        lines[k] = lines[k][:-len("1 2 3")] + "1 2"
+        open(path, "w").write("\n".join(lines) + "\n")
+
     def swap_candidates(folder):
         a, b = (os.path.join(folder, CANDIDATES_FOLDER, f"case_0000__degrade__00{k}.nii.gz") for k in (0, 3))
         shutil.copyfile(a, b)
@@ -420,6 +436,7 @@ def test_verify_passes_on_good_data_and_fails_on_corrupted(env, tmp_path, monkey
                         os.path.join(folder, CANDIDATES_FOLDER, "case_0001__seggen__002.nii.gz"))
 
     assert "qc_targets.csv differs" in "\n".join(corrupted("csv", edit_csv).problems)
+    assert "lists labels '1 2', the candidate holds '1 2 3'" in "\n".join(corrupted("labels", edit_labels).problems)
     problems = "\n".join(corrupted("swap", swap_candidates).problems)
     assert "case_0000__degrade__003" in problems and "regenerated" in problems
     assert "missing file" in "\n".join(corrupted("removed", remove_candidate).problems)

@@ -9,6 +9,7 @@ import zipfile
 import numpy as np
 import pandas as pd
 import pytest
+import SimpleITK as sitk
 import torch
 from batchgenerators.utilities.file_and_folder_operations import join, load_json
 from conftest import TRAINER
@@ -17,6 +18,7 @@ from test_predict import cases  # noqa: F401  (the fixture: good, shifted and an
 from nnqc.calibration.calibrated_quality import CALIBRATED_COLUMNS
 from nnqc.calibration.calibration_file import CALIBRATION_FILE, OUT_OF_FOLD_PREDICTIONS, Calibration
 from nnqc.calibration.decision import FAIL, PASS, REVIEW, decide
+from nnqc.calibration.training_labels import TRAINING_LABELS_FILE
 from nnqc.inference.predictor import nnQCPredictor
 from nnqc.model_sharing.export import export_model_folder_to_zip
 
@@ -147,3 +149,36 @@ def test_export_ships_the_calibration_of_the_exported_folds(calibrated_model, tm
     with zipfile.ZipFile(archive) as z:
         shipped = json.loads(z.read(next(n for n in z.namelist() if n.endswith("/" + CALIBRATION_FILE))))
     assert shipped["built_from"]["folds"] == [0] and shipped["num_samples"] == 200
+
+
+def test_labels_no_training_candidate_held_put_a_case_out_of_range(calibrated_model, cases, tmp_path):  # noqa: F811
+    """A model whose fold 1 never saw label 3: every segmentation holding it is out of the training range (the
+    ensemble has seen a label only when every fold has) and at most reviewed, never passed."""
+    model = str(tmp_path / "model")
+    shutil.copytree(calibrated_model, model)
+    record = load_json(join(model, "fold_1", TRAINING_LABELS_FILE))
+    assert record["labels"] == [1, 2, 3]
+    with open(join(model, "fold_1", TRAINING_LABELS_FILE), "w") as f:
+        json.dump({**record, "labels": [1, 2]}, f)
+    predictor = nnQCPredictor(torch.device("cpu"), allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(model, (0, 1))
+    out = str(tmp_path / "out")
+    table = predictor.predict_from_files(cases["images"], cases["segs"], out, save_maps=False, flag_below=0.0)
+    holds_3 = {name: 3 in np.unique(sitk.GetArrayFromImage(sitk.ReadImage(join(cases["segs"], name + ".nii.gz"))))
+               for name in cases["names"]}
+    assert any(holds_3.values())
+    for _, row in table.iterrows():
+        reasons = str(row["out_of_training_range"] or "")
+        assert ("labels: label(s) 3 never present in a training segmentation" in reasons) == holds_3[row["case"]]
+        assert "labels" not in str(row["not_checked"] or "")
+        if holds_3[row["case"]]:
+            assert row["decision"] == REVIEW  # flag_below 0: in range, it would pass
+    assert load_json(join(out, "predict_settings.json"))["training_labels"] == [1, 2]
+
+    # fold 0 trained before the labels were recorded: the check is not made, and says why
+    os.remove(join(model, "fold_0", TRAINING_LABELS_FILE))
+    predictor.initialize_from_trained_model_folder(model, (0, 1))
+    table = predictor.predict_from_files(cases["images"], cases["segs"], str(tmp_path / "out2"), save_maps=False,
+                                         flag_below=0.0)
+    assert not table["out_of_training_range"].fillna("").str.contains("labels").any()
+    assert table["not_checked"].str.contains(f"fold_0/{TRAINING_LABELS_FILE} does not exist").all()

@@ -6,6 +6,7 @@ import shutil
 import numpy as np
 import pandas as pd
 import pytest
+import SimpleITK as sitk
 import torch
 from batchgenerators.utilities.file_and_folder_operations import join, load_json
 from conftest import QC_ID, TRAINER
@@ -62,6 +63,24 @@ def test_training_writes_checkpoints_logs_and_validation(pipeline_env):
     assert np.allclose(same["predicted_dsc"], predictions["predicted_dsc"])
     assert np.allclose(same["dsc"], predictions["dsc"])
     assert np.allclose(everything["dsc"], expected.set_index("sample").loc[everything["sample"], "dsc"])
+
+
+def test_each_fold_records_the_labels_of_its_training_candidates(pipeline_env):
+    """fold_X/training_labels.json against the raw candidate files of the fold's training subjects."""
+    splits = load_json(join(pipeline_env.preprocessed, f"Dataset{QC_ID}_PhantomQC", "splits_final.json"))
+    candidates = join(pipeline_env.qc_dataset, "candidatesTr")
+    for fold in (0, 1):
+        counts = {}
+        files = [f for f in sorted(os.listdir(candidates)) if f.split("__")[0] in splits[fold]["train"]]
+        for name in files:
+            present = np.unique(sitk.GetArrayFromImage(sitk.ReadImage(join(candidates, name))))
+            for label in present[present != 0]:
+                counts[str(label)] = counts.get(str(label), 0) + 1
+        record = load_json(join(fold_folder(pipeline_env, fold), "training_labels.json"))
+        assert record["num_training_samples"] == len(files) > 0
+        assert record["candidates_per_label"] == counts and record["labels"] == sorted(map(int, counts))
+        # empty and region-dropping degradations: not every candidate holds every label
+        assert min(counts.values()) < len(files)
 
 
 def test_continue_training_resumes_where_it_stopped(pipeline_env, tmp_path, monkeypatch):

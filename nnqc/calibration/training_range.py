@@ -137,13 +137,13 @@ def _intensity_reasons(case: Sequence[dict | None], training: dict, channel_name
 
 def out_of_training_range(case: CaseStatistics, plans: dict, fingerprint: dict,
                           training_labels: Collection[int] | None = None, configuration: str = "3d_fullres",
-                          channel_names: Sequence[str] | None = None) -> RangeCheck:
+                          channel_names: Sequence[str] | None = None, labels_unknown_reason: str = "") -> RangeCheck:
     """Every named way `case` lies outside the training data.
 
     plans: the model's plans.json (network input = the configuration's patch_size); fingerprint: nnU-Net's
     dataset_fingerprint.json of the QC dataset (per-subject spacings, foreground intensity properties per
     channel; the plans' copy of the latter is used when the fingerprint lacks it); training_labels: labels that
-    occur in the training segmentations (None: not checked).
+    occur in the training segmentations (None: not checked, for labels_unknown_reason).
     """
     check = RangeCheck()
     if fingerprint.get("spacings"):
@@ -158,7 +158,8 @@ def out_of_training_range(case: CaseStatistics, plans: dict, fingerprint: dict,
     check.reasons += reasons
     check.not_checked += not_checked
     if training_labels is None:
-        check.not_checked.append("labels: the labels of the training segmentations are not known")
+        check.not_checked.append("labels: the labels of the training segmentations are not known"
+                                 + (f" ({labels_unknown_reason})" if labels_unknown_reason else ""))
     else:
         unseen = sorted(set(case.labels) - set(training_labels) - {0})
         if unseen:

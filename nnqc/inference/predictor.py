@@ -35,6 +35,7 @@ from nnqc.calibration.calibration_file import (
 )
 from nnqc.calibration.conformal import DEFAULT_ALPHA, check_alpha
 from nnqc.calibration.decision import FAIL, REVIEW
+from nnqc.calibration.training_labels import ensemble_training_labels
 from nnqc.calibration.training_range import case_statistics, out_of_training_range
 from nnqc.cpu_features import cpu_has_native_bf16
 from nnqc.error_messages import one_line
@@ -144,6 +145,9 @@ class nnQCPredictor:
         self.calibration: Calibration | None = None
         self.calibration_status: dict = {"available": False, "reason": "no model loaded"}
         self.fingerprint: dict = {}
+        # labels every loaded fold's training candidates contained (None: not known, for the reason given)
+        self.training_labels: set[int] | None = None
+        self.training_labels_unknown_reason = "no model loaded"
 
     # ---- model --------------------------------------------------------------------------------------------------
     def initialize_from_trained_model_folder(self, model_training_output_dir: str, use_folds=None,
@@ -184,6 +188,8 @@ class nnQCPredictor:
             spacing_range = load_json(metadata_file).get("training_spacing_range")
             if spacing_range:
                 self.fingerprint = {**self.fingerprint, "spacings": [spacing_range["min"], spacing_range["max"]]}
+        self.training_labels, self.training_labels_unknown_reason = ensemble_training_labels(self.model_folder,
+                                                                                             self.folds)
         self.load_calibration(recalibrate)
 
     def load_calibration(self, recalibrate: bool = True) -> None:
@@ -391,8 +397,9 @@ class nnQCPredictor:
         of the segmentation), only `fail` when even its interval's upper bound is below the threshold. Without a
         calibration the calibrated values are missing and the decision is empty; the range check still runs."""
         check = out_of_training_range(properties["nnqc_case_statistics"], self.plans_manager.plans,
-                                      self.fingerprint, None, self.configuration_name,
-                                      list(self.dataset_json["channel_names"].values()))
+                                      self.fingerprint, self.training_labels, self.configuration_name,
+                                      list(self.dataset_json["channel_names"].values()),
+                                      self.training_labels_unknown_reason)
         if self.calibration is None:
             return {**{c: None for c in CALIBRATED_COLUMNS}, "interval_finite": False,
                     "out_of_training_range": "; ".join(map(str, check.reasons)),
@@ -582,6 +589,7 @@ class nnQCPredictor:
                 "training_range_checked_against": FINGERPRINT_FILE if isfile(join(self.model_folder, FINGERPRINT_FILE))
                 else f"{METADATA_FILE} and the plans" if self.fingerprint.get("spacings")
                 else f"the plans only ({FINGERPRINT_FILE} is not in the model folder: spacing not checked)",
+                "training_labels": sorted(self.training_labels) if self.training_labels is not None else None,
                 "dataset_json": self.dataset_json}
 
     @staticmethod

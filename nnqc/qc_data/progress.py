@@ -26,7 +26,7 @@ from nnqc.qc_data.layout import (
 )
 from nnqc.qc_data.sample_making import WorkerContext, copy_subject
 from nnqc.qc_data.sample_plan import SampleSpec
-from nnqc.qc_data.targets_table import TARGETS_CSV, qc_targets_csv_text
+from nnqc.qc_data.targets_table import LABELS_COLUMN, TARGETS_CSV, qc_targets_csv_text
 from nnqc.sampling import dsc_bins
 
 # dataset.json fields carried over from the source dataset (nnU-Net's own, where present)
@@ -98,12 +98,13 @@ def start_or_resume(folder: str, settings: dict) -> None:
 
 
 def done_samples(folder: str, plan: Sequence[SampleSpec]) -> dict[str, dict]:
-    """Samples of the plan with both a progress record and their candidate file."""
+    """Samples of the plan with both a progress record and their candidate file. A record of an earlier nnQC
+    without the candidate's labels is not done: the sample is made again."""
     records = read_progress_records(folder)
     candidates_folder = os.path.join(folder, CANDIDATES_FOLDER)
     present = set(os.listdir(candidates_folder)) if os.path.isdir(candidates_folder) else set()
     return {s.sample: records[s.sample] for s in plan
-            if s.sample in records and s.sample + CANDIDATE_FILE_ENDING in present}
+            if LABELS_COLUMN in records.get(s.sample, {}) and s.sample + CANDIDATE_FILE_ENDING in present}
 
 
 def merge_if_complete(folder: str, plan: Sequence[SampleSpec], dataset: SourceDataset, context: WorkerContext,

@@ -26,6 +26,7 @@ from nnqc.qc_data.external import check_external_candidate
 from nnqc.qc_data.generators import generate_candidate
 from nnqc.qc_data.layout import IMAGES_FOLDER, LABELS_FOLDER, candidate_path, image_file_name
 from nnqc.qc_data.sample_plan import EXTERNAL_GENERATOR, SampleSpec
+from nnqc.qc_data.targets_table import LABELS_COLUMN, labels_text
 from nnqc.qc_data.view import SubjectView, fraction_outside, read_subject_view
 
 
@@ -88,13 +89,15 @@ def copy_subject(cases: dict[str, CaseFiles], subject: str, target_folder: str, 
 
 def target_record(spec: SampleSpec, targets: dict, region_names: Sequence[str], candidate: np.ndarray,
                   reference: np.ndarray, view: SubjectView) -> dict:
-    """The sample's row of qc_targets.csv: ids, quality targets and the foreground outside the view."""
+    """The sample's row of qc_targets.csv: ids, quality targets, the foreground outside the view and the
+    candidate's labels."""
     record = {"sample": spec.sample, "subject": spec.subject, "source": spec.source, "generator": spec.generator,
               "seed": spec.seed, "dsc": float(targets["dsc"]), "nsd": float(targets["nsd"])}
     record.update({f"dsc_{r}": float(v) for r, v in zip(region_names, targets["dsc_per_region"])})
     record.update({f"nsd_{r}": float(v) for r, v in zip(region_names, targets["nsd_per_region"])})
     record["candidate_outside_view"] = float(fraction_outside(candidate, view))
     record["reference_outside_view"] = float(fraction_outside(reference, view))
+    record[LABELS_COLUMN] = labels_text(candidate)
     return record
 
 

@@ -38,8 +38,10 @@ from nnqc.qc_data.layout import (
 from nnqc.qc_data.sample_making import WorkerContext, init_worker, make_candidate, target_record
 from nnqc.qc_data.sample_plan import EXTERNAL_GENERATOR, EXTERNAL_SEED, spec_of_row
 from nnqc.qc_data.targets_table import (
+    LABELS_COLUMN,
     TARGETS_CSV,
     VIEW_COLUMNS,
+    labels_text,
     target_columns,
     target_rows,
     target_value_columns,
@@ -110,6 +112,9 @@ def verify_subject(task: tuple[str, list[dict], list[bool]]) -> list[str]:
                 continue
             candidate, _ = read_label_map(path)
             check_labels(candidate, ctx.labels, path)
+            if labels_text(candidate) != row[LABELS_COLUMN]:
+                problems.append(f"{row['sample']}: qc_targets.csv lists labels {row[LABELS_COLUMN]!r}, the candidate "
+                                f"holds {labels_text(candidate)!r}")
             if not again:
                 continue
             reference, _ = sample_making.subject_reference(subject, files.reference)
