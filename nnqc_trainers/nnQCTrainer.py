@@ -18,7 +18,7 @@ import pandas as pd
 import torch
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
-from batchgenerators.utilities.file_and_folder_operations import join, maybe_mkdir_p
+from batchgenerators.utilities.file_and_folder_operations import join, load_pickle, maybe_mkdir_p
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
@@ -29,7 +29,7 @@ from torch import distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from nnqc.atomic_files import replace_atomically, write_json_atomically
-from nnqc.calibration.training_labels import write_training_labels
+from nnqc.calibration.fold_coverage import write_fold_coverage
 from nnqc.cpu_features import OVERRIDE_VARIABLE, cpu_has_native_bf16
 from nnqc.evaluation.qc_metrics import regression_summary, sem_dice_summary
 from nnqc.metrics.regions import get_regions
@@ -224,10 +224,7 @@ class nnQCTrainer(nnUNetTrainer):
         transforms = qc_training_transforms(patch_size, dummy_2d=dummy_2d, mirror_axes=mirror_axes)
         training_samples = self._samples_of(tr_keys)
         if self.local_rank == 0:
-            record = write_training_labels(self.output_folder, training_samples)
-            if record["labels"] is None:
-                self.print_to_log_file(f"WARNING: the labels of the training candidates are not known, so "
-                                       f"nnQC_predict cannot name labels this model never saw: {record['reason']}")
+            self.record_training_coverage(tr_keys, training_samples)
         loader = nnQCDataLoader(self.dataset_class(self.preprocessed_dataset_folder, tr_keys), training_samples,
                                 self.preprocessed_dataset_folder, self.batch_size, patch_size, transforms)
         if self.num_iterations_per_epoch is None:
@@ -259,6 +256,16 @@ class nnQCTrainer(nnUNetTrainer):
                                            patch_size)
 
         return train, validation_batches()
+
+    def record_training_coverage(self, subjects, training_samples: pd.DataFrame) -> None:
+        """fold_X/training_range.json: the labels and image intensities this fold trains on, which nnQC_predict
+        checks every case against (see nnqc.calibration.fold_coverage)."""
+        properties = [load_pickle(join(self.preprocessed_dataset_folder, f"{s}.pkl")) for s in subjects]
+        record = write_fold_coverage(self.output_folder, training_samples, properties)
+        for what in ("labels", "intensities"):
+            if f"{what}_unknown" in record:
+                self.print_to_log_file(f"WARNING: the training data's {what} are not known, so nnQC_predict cannot "
+                                       f"check cases against them: {record[f'{what}_unknown']}")
 
     # ---- steps --------------------------------------------------------------------------------------------------
     def perturb_images(self, images: torch.Tensor) -> torch.Tensor:

@@ -27,10 +27,13 @@ from nnqc.calibration.conformal import (
 from nnqc.calibration.decision import FAIL, PASS, REVIEW, decide, decide_all, decision_counts
 from nnqc.calibration.recalibration import IsotonicMap, cross_fitted, subject_groups
 from nnqc.calibration.training_range import (
+    IMAGE_INTENSITIES_PROPERTY,
     CaseStatistics,
+    TrainingCoverage,
     case_statistics,
-    foreground_intensity_statistics,
+    image_intensity_statistics,
     out_of_training_range,
+    training_intensity_range,
 )
 
 
@@ -246,74 +249,119 @@ def test_decisions_follow_the_interval():
 
 
 # ---- training range -------------------------------------------------------------------------------------------
-def training_reference(rng: np.random.Generator) -> tuple[dict, dict]:
-    """Plans and fingerprint of 20 training subjects: 2 channels, foreground N(100, 10) and N(500, 50)."""
-    voxels = [rng.normal(100, 10, 20000), rng.normal(500, 50, 20000)]
-    properties = {str(c): {"mean": float(v.mean()), "std": float(v.std()), "min": float(v.min()),
-                           "max": float(v.max()), "median": float(np.median(v)),
-                           "percentile_00_5": float(np.percentile(v, 0.5)),
-                           "percentile_99_5": float(np.percentile(v, 99.5))} for c, v in enumerate(voxels)}
-    fingerprint = {"spacings": [[1.0, 0.9 + 0.01 * i, 1.0] for i in range(20)],
-                   "foreground_intensity_properties_per_channel": properties}
-    plans = {"configurations": {"3d_fullres": {"patch_size": [32, 32, 32]}},
-             "foreground_intensity_properties_per_channel": properties}
-    return plans, fingerprint
+def subject_images(rng: np.random.Generator, brightness: float = 1.0, background: float = 0.0) -> np.ndarray:
+    """Two channels of a skull-stripped-like subject: N(100, 10) and N(500, 50) in a box, zero (or `background`)
+    around it."""
+    images = np.full((2, 14, 16, 18), background)
+    images[0, 3:11, 3:13, 3:15] = rng.normal(100, 10, (8, 10, 12))
+    images[1, 3:11, 3:13, 3:15] = rng.normal(500, 50, (8, 10, 12)) * brightness
+    return images
 
 
-def case_arrays(rng: np.random.Generator, brightness: float = 1.0, labels=(1, 2)):
-    segmentation = np.zeros((1, 10, 12, 14), dtype=np.uint8)
-    segmentation[0, 2:6, 2:8, 3:9] = labels[0]
-    segmentation[0, 6:8, 2:8, 3:9] = labels[1]
-    images = np.stack([rng.normal(100, 10, (10, 12, 14)), rng.normal(500, 50, (10, 12, 14)) * brightness])
-    return images, segmentation
+def training_reference(rng: np.random.Generator) -> tuple[dict, dict, TrainingCoverage]:
+    """Plans, fingerprint and coverage of 20 training subjects whose brightness varies by +-10 %."""
+    subjects = [image_intensity_statistics(subject_images(rng, brightness)) for brightness in np.linspace(0.9, 1.1, 20)]
+    fingerprint = {"spacings": [[1.0, 0.9 + 0.01 * i, 1.0] for i in range(20)]}
+    plans = {"configurations": {"3d_fullres": {"patch_size": [32, 32, 32]}}}
+    return plans, fingerprint, TrainingCoverage(labels={1, 2}, intensities=training_intensity_range(subjects))
+
+
+def case_segmentation(labels=(1, 2)) -> np.ndarray:
+    segmentation = np.zeros((1, 14, 16, 18), dtype=np.uint8)
+    segmentation[0, 4:8, 4:10, 5:11] = labels[0]
+    segmentation[0, 8:10, 4:10, 5:11] = labels[1]
+    return segmentation
+
+
+def statistics_of(images, segmentation, spacing=(1.0, 1.0, 1.0), shape=(30, 32, 28)) -> CaseStatistics:
+    return case_statistics(segmentation, {"spacing": list(spacing), IMAGE_INTENSITIES_PROPERTY:
+                                          image_intensity_statistics(images)}, shape)
+
+
+def test_image_intensity_statistics_are_those_of_the_non_zero_region():
+    rng = np.random.default_rng(9)
+    images = subject_images(rng)
+    images[0, 5, 5, 5] = 0.0  # a zero inside: still in the region, because the other channel is non-zero there
+    statistics = image_intensity_statistics(images)
+    region = np.any(images != 0, axis=0)
+    for channel, s in zip(images, statistics):
+        assert s["median"] == pytest.approx(np.median(channel[region]))
+        assert s["percentile_00_5"] == pytest.approx(np.percentile(channel[region], 0.5))
+    assert image_intensity_statistics(np.zeros((2, 4, 4, 4))) == [None, None]
+    per_subject = [statistics, image_intensity_statistics(images * 2)]
+    summary = training_intensity_range(per_subject)
+    assert summary["1"]["median_min"] == pytest.approx(statistics[1]["median"])
+    assert summary["1"]["median_max"] == pytest.approx(2 * statistics[1]["median"])
+    spans = [s[1]["percentile_99_5"] - s[1]["percentile_00_5"] for s in per_subject]
+    assert summary["1"]["typical_span"] == pytest.approx(np.median(spans)) and summary["1"]["num_subjects"] == 2
+
+
+def test_large_images_are_judged_on_a_regular_subsample(monkeypatch):
+    import nnqc.calibration.training_range as training_range
+    monkeypatch.setattr(training_range, "MAX_INTENSITY_VOXELS", 100)
+    images = np.arange(1, 1001, dtype=np.float64).reshape(1, 10, 10, 10)
+    assert image_intensity_statistics(images)[0]["median"] == pytest.approx(np.median(np.arange(1, 1001, 10)))
 
 
 def test_training_like_case_is_in_range_and_each_reason_fires_on_its_case():
     rng = np.random.default_rng(10)
-    plans, fingerprint = training_reference(rng)
+    plans, fingerprint, coverage = training_reference(rng)
     names = ["T1", "T2"]
-    images, segmentation = case_arrays(rng)
-    like = case_statistics(images, segmentation, {"spacing": [1.0, 1.0, 1.0]}, (30, 32, 28))
-    check = out_of_training_range(like, plans, fingerprint, training_labels={1, 2}, channel_names=names)
+    images, segmentation = subject_images(rng), case_segmentation()
+    check = out_of_training_range(statistics_of(images, segmentation), plans, fingerprint, coverage,
+                                  channel_names=names)
     assert check.in_range and check.not_checked == []
 
-    coarse = case_statistics(images, segmentation, {"spacing": [1.0, 1.0, 3.0]}, (30, 32, 28))
-    reasons = out_of_training_range(coarse, plans, fingerprint, {1, 2}).reasons
+    reasons = out_of_training_range(statistics_of(images, segmentation, spacing=(1.0, 1.0, 3.0)), plans,
+                                    fingerprint, coverage).reasons
     assert [r.name for r in reasons] == ["spacing"] and "axis 2" in reasons[0].detail
 
-    large = case_statistics(images, segmentation, {"spacing": [1.0, 1.0, 1.0]}, (30, 40, 28))
-    reasons = out_of_training_range(large, plans, fingerprint, {1, 2}).reasons
+    reasons = out_of_training_range(statistics_of(images, segmentation, shape=(30, 40, 28)), plans, fingerprint,
+                                    coverage).reasons
     assert [r.name for r in reasons] == ["cropped_size"] and "axis 1: 40 > 32" in reasons[0].detail
 
-    bright_images, _ = case_arrays(rng, brightness=3.0)
-    bright = case_statistics(bright_images, segmentation, {"spacing": [1.0, 1.0, 1.0]}, (30, 32, 28))
-    reasons = out_of_training_range(bright, plans, fingerprint, {1, 2}, channel_names=names).reasons
+    bright = statistics_of(subject_images(rng, brightness=1.5), segmentation)
+    reasons = out_of_training_range(bright, plans, fingerprint, coverage, channel_names=names).reasons
     assert [r.name for r in reasons] == ["intensity"] and "channel T2" in reasons[0].detail
 
-    wide_images = images.copy()
-    wide_images[1][segmentation[0] == 2] *= 1.6  # a quarter of the foreground beyond anything seen
-    wide = case_statistics(wide_images, segmentation, {"spacing": [1.0, 1.0, 1.0]}, (30, 32, 28))
-    reasons = out_of_training_range(wide, plans, fingerprint, {1, 2}, channel_names=names).reasons
-    assert [r.name for r in reasons] == ["intensity"] and "beyond the training's range" in reasons[0].detail
+    # a whole-head-like image (noise around the brain): the non-zero region's median falls out of range
+    head = statistics_of(subject_images(rng, background=5.0), segmentation)
+    reasons = out_of_training_range(head, plans, fingerprint, coverage, channel_names=names).reasons
+    assert [r.detail.split(":")[0] for r in reasons] == ["channel T1", "channel T2"]
 
-    _, unseen_segmentation = case_arrays(rng, labels=(1, 3))
-    unseen = case_statistics(images, unseen_segmentation, {"spacing": [1.0, 1.0, 1.0]}, (30, 32, 28))
-    check = out_of_training_range(unseen, plans, fingerprint, {1, 2})
+    # a segmentation that strays onto the background or other tissue says nothing about the image
+    stray = case_segmentation()
+    stray[0, 0] = 1
+    assert out_of_training_range(statistics_of(images, stray), plans, fingerprint, coverage).in_range
+
+    check = out_of_training_range(statistics_of(images, case_segmentation(labels=(1, 3))), plans, fingerprint,
+                                  coverage)
     assert [r.name for r in check.reasons] == ["labels"] and "3" in check.reasons[0].detail
     assert check.to_dict()["out_of_training_range"][0].startswith("labels: label(s) 3")
 
 
+def test_a_tolerance_of_a_tenth_of_the_typical_span_around_the_training_medians():
+    coverage = TrainingCoverage(labels={1}, intensities={"0": {"median_min": 100.0, "median_max": 200.0,
+                                                               "typical_span": 50.0, "num_subjects": 3}})
+    plans = {"configurations": {"3d_fullres": {"patch_size": [8, 8, 8]}}}
+    for median, inside in ((94.9, False), (95.1, True), (204.9, True), (205.1, False)):
+        case = CaseStatistics([1.0] * 3, (8, 8, 8), [{"percentile_00_5": 0.0, "median": median,
+                                                      "percentile_99_5": 300.0}], {1})
+        assert out_of_training_range(case, plans, {"spacings": [[1.0] * 3]}, coverage).in_range == inside
+
+
 def test_checks_that_cannot_be_made_are_listed_not_passed():
     rng = np.random.default_rng(11)
-    plans, fingerprint = training_reference(rng)
-    images, segmentation = case_arrays(rng)
-    empty = np.zeros_like(segmentation)
-    assert foreground_intensity_statistics(images, empty) == [None, None]
-    case = CaseStatistics([1.0, 1.0, 1.0], (30, 32, 28), foreground_intensity_statistics(images, empty), set())
-    check = out_of_training_range(case, plans, fingerprint)
-    assert check.in_range
-    assert len(check.not_checked) == 3 and any("labels" in line for line in check.not_checked)
-    assert all("labels no voxel" in line for line in check.not_checked if line.startswith("intensity"))
+    plans, fingerprint, coverage = training_reference(rng)
+    blank = statistics_of(np.zeros((2, 14, 16, 18)), np.zeros((1, 14, 16, 18), dtype=np.uint8))
+    check = out_of_training_range(blank, plans, fingerprint, coverage)
+    assert check.in_range and len(check.not_checked) == 2
+    assert all("no non-zero voxel" in line for line in check.not_checked)
+    unknown = TrainingCoverage(labels_unknown="fold_0: old", intensities_unknown="fold_1: older")
+    check = out_of_training_range(statistics_of(subject_images(rng), case_segmentation()), plans, {}, unknown)
+    assert check.in_range and len(check.not_checked) == 3
+    assert "spacing" in check.not_checked[0] and "(fold_1: older)" in check.not_checked[1]
+    assert check.not_checked[2].startswith("labels") and check.not_checked[2].endswith("(fold_0: old)")
 
 
 def test_calibrated_quality_columns_follow_intervals_and_range_checks(tmp_path):
@@ -326,7 +374,8 @@ def test_calibrated_quality_columns_follow_intervals_and_range_checks(tmp_path):
     predicted_nsd = np.array([0.1, 0.4, 0.8, 0.95, np.nan, 0.9])
     outside = out_of_training_range(CaseStatistics([1.0, 1.0, 9.0], (8, 8, 8), [None], set()),
                                     {"configurations": {"3d_fullres": {"patch_size": [8, 8, 8]}}},
-                                    {"spacings": [[1.0, 1.0, 1.0]]}, training_labels=set())
+                                    {"spacings": [[1.0, 1.0, 1.0]]},
+                                    TrainingCoverage(labels=set(), intensities={"0": {}}))
     checks = [None, None, None, None, None, outside]
     table = calibrated_quality(calibration, predicted_dsc, predicted_nsd, alpha=0.1, flag_below=0.7,
                                range_checks=checks)

@@ -61,7 +61,7 @@ def fake_model(tmp_path) -> str:
             write(join(folder, f"fold_{fold}", checkpoint), os.urandom(2000))
         write(join(folder, f"fold_{fold}", "progress.png"), b"png")
         write(join(folder, f"fold_{fold}", "debug.json"), "{}")
-        write(join(folder, f"fold_{fold}", "training_labels.json"), '{"labels": [1, 2, 3]}')
+        write(join(folder, f"fold_{fold}", "training_range.json"), '{"labels": [1, 2, 3]}')
         write(join(folder, f"fold_{fold}", "training_log_2026_1_1_00_00_00.txt"), "log")
         write(join(folder, f"fold_{fold}", "validation", "qc_predictions.csv"), "sample,dsc\n")
         summary = {"fold": fold, "num_samples": 40, "trainer": "nnQCTrainer", "dsc": {"r": r, "mae": 0.05},
@@ -83,7 +83,7 @@ def test_export_holds_what_prediction_needs_and_nothing_else(fake_model, tmp_pat
     # fold_2 has no checkpoint_final.pth: not a trained fold
     assert names == sorted(PREFIX + n for n in ("plans.json", "dataset.json", METADATA_FILE,
                                                 "fold_0/checkpoint_final.pth", "fold_1/checkpoint_final.pth",
-                                                "fold_0/training_labels.json", "fold_1/training_labels.json"))
+                                                "fold_0/training_range.json", "fold_1/training_range.json"))
     assert stored == json.loads(json.dumps(metadata))
     assert (stored["dataset"], stored["trainer"], stored["plans"], stored["configuration"]) == (
         DATASET, "nnQCTrainer", "nnQCPlans", "3d_fullres")
@@ -104,7 +104,7 @@ def test_export_holds_what_prediction_needs_and_nothing_else(fake_model, tmp_pat
         names = sorted(n[len(PREFIX):] for n in archive.namelist())
     assert names == sorted(["plans.json", "dataset.json", METADATA_FILE, "calibration.json",
                             "fold_1/checkpoint_final.pth", "fold_1/checkpoint_best.pth",
-                            "fold_1/training_labels.json", "fold_1/progress.png",
+                            "fold_1/training_range.json", "fold_1/progress.png",
                             "fold_1/debug.json", "fold_1/training_log_2026_1_1_00_00_00.txt"])
     assert metadata["calibration"] == "calibration.json" and metadata["folds"] == [1]
 
@@ -126,9 +126,9 @@ def test_install_extracts_checked_files_and_refuses_to_overwrite(fake_model, tmp
     assert installed == join(results, DATASET, MODEL)
     assert listing(results) == sorted([DATASET, f"{DATASET}/{MODEL}", *[f"{DATASET}/{MODEL}/{n}" for n in (
         "plans.json", "dataset.json", METADATA_FILE, "fold_0", "fold_1", "fold_0/checkpoint_final.pth",
-        "fold_1/checkpoint_final.pth", "fold_0/training_labels.json", "fold_1/training_labels.json")]])
+        "fold_1/checkpoint_final.pth", "fold_0/training_range.json", "fold_1/training_range.json")]])
     for name in ("plans.json", "fold_0/checkpoint_final.pth", "fold_1/checkpoint_final.pth",
-                 "fold_1/training_labels.json"):
+                 "fold_1/training_range.json"):
         assert sha256(join(installed, name)) == sha256(join(fake_model, name))
     assert stat.S_IMODE(os.stat(installed).st_mode) & 0o055  # readable by others, not mkdtemp's private 0700
 
@@ -275,7 +275,7 @@ def test_round_trip_predicts_identically_from_the_installed_model(trained_pipeli
     assert "exported 6 files" in result.stdout
     with zipfile.ZipFile(archive) as zipped:
         assert any(n.endswith("/calibration.json") for n in zipped.namelist())
-        assert any(n.endswith("/fold_0/training_labels.json") for n in zipped.namelist())
+        assert any(n.endswith("/fold_0/training_range.json") for n in zipped.namelist())
 
     other = {"nnUNet_results": str(tmp_path / "elsewhere"), "nnUNet_raw": "", "nnUNet_preprocessed": ""}
     result = run_module("nnqc.run.install_model", other, archive)

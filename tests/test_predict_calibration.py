@@ -18,7 +18,7 @@ from test_predict import cases  # noqa: F401  (the fixture: good, shifted and an
 from nnqc.calibration.calibrated_quality import CALIBRATED_COLUMNS
 from nnqc.calibration.calibration_file import CALIBRATION_FILE, OUT_OF_FOLD_PREDICTIONS, Calibration
 from nnqc.calibration.decision import FAIL, PASS, REVIEW, decide
-from nnqc.calibration.training_labels import TRAINING_LABELS_FILE
+from nnqc.calibration.fold_coverage import TRAINING_RANGE_FILE
 from nnqc.inference.predictor import nnQCPredictor
 from nnqc.model_sharing.export import export_model_folder_to_zip
 
@@ -156,9 +156,9 @@ def test_labels_no_training_candidate_held_put_a_case_out_of_range(calibrated_mo
     ensemble has seen a label only when every fold has) and at most reviewed, never passed."""
     model = str(tmp_path / "model")
     shutil.copytree(calibrated_model, model)
-    record = load_json(join(model, "fold_1", TRAINING_LABELS_FILE))
+    record = load_json(join(model, "fold_1", TRAINING_RANGE_FILE))
     assert record["labels"] == [1, 2, 3]
-    with open(join(model, "fold_1", TRAINING_LABELS_FILE), "w") as f:
+    with open(join(model, "fold_1", TRAINING_RANGE_FILE), "w") as f:
         json.dump({**record, "labels": [1, 2]}, f)
     predictor = nnQCPredictor(torch.device("cpu"), allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(model, (0, 1))
@@ -173,12 +173,35 @@ def test_labels_no_training_candidate_held_put_a_case_out_of_range(calibrated_mo
         assert "labels" not in str(row["not_checked"] or "")
         if holds_3[row["case"]]:
             assert row["decision"] == REVIEW  # flag_below 0: in range, it would pass
-    assert load_json(join(out, "predict_settings.json"))["training_labels"] == [1, 2]
+    assert load_json(join(out, "predict_settings.json"))["training_coverage"]["labels"] == [1, 2]
 
     # fold 0 trained before the labels were recorded: the check is not made, and says why
-    os.remove(join(model, "fold_0", TRAINING_LABELS_FILE))
+    os.remove(join(model, "fold_0", TRAINING_RANGE_FILE))
     predictor.initialize_from_trained_model_folder(model, (0, 1))
     table = predictor.predict_from_files(cases["images"], cases["segs"], str(tmp_path / "out2"), save_maps=False,
                                          flag_below=0.0)
-    assert not table["out_of_training_range"].fillna("").str.contains("labels").any()
-    assert table["not_checked"].str.contains(f"fold_0/{TRAINING_LABELS_FILE} does not exist").all()
+    assert not table["out_of_training_range"].fillna("").str.contains("labels|intensity").any()
+    for check in ("labels", "intensity"):
+        assert table["not_checked"].str.contains(f"{check}: .*fold_0/{TRAINING_RANGE_FILE} does not exist").all()
+
+
+def test_unlike_images_are_out_of_range_whatever_the_segmentation(calibrated_model, cases, tmp_path):  # noqa: F811
+    """Four times as bright images (the phantoms' brightness varies two-fold between subjects) are outside the training range on every channel; the same images as they are, with
+    a segmentation shifted onto other tissue, are not (the check is of the image alone)."""
+    images = tmp_path / "images"
+    shutil.copytree(cases["images"], images)
+    good, poor, _ = cases["names"]
+    for c in range(4):
+        path = str(images / f"{good}_{c:04d}.nii.gz")
+        image = sitk.ReadImage(path)
+        brighter = sitk.GetImageFromArray(sitk.GetArrayFromImage(image) * 4)
+        brighter.CopyInformation(image)
+        sitk.WriteImage(brighter, path, True)
+    predictor = nnQCPredictor(torch.device("cpu"), allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(calibrated_model, (0, 1))
+    table = predictor.predict_from_files(str(images), cases["segs"], str(tmp_path / "out"), save_maps=False)
+    reasons = table.set_index("case")["out_of_training_range"].fillna("")
+    assert all(f"intensity: channel {name}: median image intensity" in reasons[good]
+               for name in ("T1", "T1ce", "T2", "FLAIR")), reasons[good]
+    assert table.set_index("case").loc[good, "decision"] == REVIEW
+    assert "intensity" not in reasons[poor]  # its segmentation is shifted by 6 voxels: the images are fine

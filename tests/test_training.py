@@ -65,22 +65,35 @@ def test_training_writes_checkpoints_logs_and_validation(pipeline_env):
     assert np.allclose(everything["dsc"], expected.set_index("sample").loc[everything["sample"], "dsc"])
 
 
-def test_each_fold_records_the_labels_of_its_training_candidates(pipeline_env):
-    """fold_X/training_labels.json against the raw candidate files of the fold's training subjects."""
+def test_each_fold_records_what_its_training_data_covered(pipeline_env):
+    """fold_X/training_range.json against the raw files of the fold's training subjects: the labels of their
+    candidates, and the range of the medians of their images' non-zero regions."""
     splits = load_json(join(pipeline_env.preprocessed, f"Dataset{QC_ID}_PhantomQC", "splits_final.json"))
-    candidates = join(pipeline_env.qc_dataset, "candidatesTr")
+    candidates, images = join(pipeline_env.qc_dataset, "candidatesTr"), join(pipeline_env.qc_dataset, "imagesTr")
     for fold in (0, 1):
+        subjects = splits[fold]["train"]
         counts = {}
-        files = [f for f in sorted(os.listdir(candidates)) if f.split("__")[0] in splits[fold]["train"]]
+        files = [f for f in sorted(os.listdir(candidates)) if f.split("__")[0] in subjects]
         for name in files:
             present = np.unique(sitk.GetArrayFromImage(sitk.ReadImage(join(candidates, name))))
             for label in present[present != 0]:
                 counts[str(label)] = counts.get(str(label), 0) + 1
-        record = load_json(join(fold_folder(pipeline_env, fold), "training_labels.json"))
+        record = load_json(join(fold_folder(pipeline_env, fold), "training_range.json"))
         assert record["num_training_samples"] == len(files) > 0
         assert record["candidates_per_label"] == counts and record["labels"] == sorted(map(int, counts))
         # empty and region-dropping degradations: not every candidate holds every label
         assert min(counts.values()) < len(files)
+        medians = []
+        for subject in subjects:
+            channels = np.stack([sitk.GetArrayFromImage(sitk.ReadImage(join(images, f"{subject}_{c:04d}.nii.gz")))
+                                 for c in range(4)]).astype(np.float64)
+            region = np.any(channels != 0, axis=0)
+            medians.append([np.median(channel[region]) for channel in channels])
+        for c, channel in record["image_intensities"].items():
+            assert channel["num_subjects"] == len(subjects)
+            assert channel["median_min"] == pytest.approx(min(m[int(c)] for m in medians))
+            assert channel["median_max"] == pytest.approx(max(m[int(c)] for m in medians))
+        assert sorted(record["image_intensities"]) == ["0", "1", "2", "3"]
 
 
 def test_continue_training_resumes_where_it_stopped(pipeline_env, tmp_path, monkeypatch):

@@ -35,8 +35,8 @@ from nnqc.calibration.calibration_file import (
 )
 from nnqc.calibration.conformal import DEFAULT_ALPHA, check_alpha
 from nnqc.calibration.decision import FAIL, REVIEW
-from nnqc.calibration.training_labels import ensemble_training_labels
-from nnqc.calibration.training_range import case_statistics, out_of_training_range
+from nnqc.calibration.fold_coverage import TRAINING_RANGE_FILE, ensemble_coverage
+from nnqc.calibration.training_range import TrainingCoverage, case_statistics, out_of_training_range
 from nnqc.cpu_features import cpu_has_native_bf16
 from nnqc.error_messages import one_line
 from nnqc.evaluation.report import EVALUATION_CSV, EVALUATION_JSON, REPORT_HTML, RISK_COVERAGE_PNG, SCATTER_PNGS
@@ -145,9 +145,9 @@ class nnQCPredictor:
         self.calibration: Calibration | None = None
         self.calibration_status: dict = {"available": False, "reason": "no model loaded"}
         self.fingerprint: dict = {}
-        # labels every loaded fold's training candidates contained (None: not known, for the reason given)
-        self.training_labels: set[int] | None = None
-        self.training_labels_unknown_reason = "no model loaded"
+        # the labels and image intensities every loaded fold trained on
+        self.training_coverage = TrainingCoverage(labels_unknown="no model loaded",
+                                                  intensities_unknown="no model loaded")
 
     # ---- model --------------------------------------------------------------------------------------------------
     def initialize_from_trained_model_folder(self, model_training_output_dir: str, use_folds=None,
@@ -188,8 +188,7 @@ class nnQCPredictor:
             spacing_range = load_json(metadata_file).get("training_spacing_range")
             if spacing_range:
                 self.fingerprint = {**self.fingerprint, "spacings": [spacing_range["min"], spacing_range["max"]]}
-        self.training_labels, self.training_labels_unknown_reason = ensemble_training_labels(self.model_folder,
-                                                                                             self.folds)
+        self.training_coverage = ensemble_coverage(self.model_folder, self.folds)
         self.load_calibration(recalibrate)
 
     def load_calibration(self, recalibrate: bool = True) -> None:
@@ -260,7 +259,7 @@ class nnQCPredictor:
         data, _, properties = self.preprocessor.run_case_npy(images, None, properties, self.plans_manager,
                                                              self.configuration_manager, self.dataset_json)
         # for the training-range checks; it pickles, so it crosses the preprocessing workers with the data
-        properties["nnqc_case_statistics"] = case_statistics(images, segmentation, properties, data.shape[1:])
+        properties["nnqc_case_statistics"] = case_statistics(segmentation, properties, data.shape[1:])
         try:
             candidate = self.preprocessor.candidate_to_subject_grid(
                 segmentation, properties, data.shape[1:], self.plans_manager, self.configuration_manager,
@@ -397,9 +396,8 @@ class nnQCPredictor:
         of the segmentation), only `fail` when even its interval's upper bound is below the threshold. Without a
         calibration the calibrated values are missing and the decision is empty; the range check still runs."""
         check = out_of_training_range(properties["nnqc_case_statistics"], self.plans_manager.plans,
-                                      self.fingerprint, self.training_labels, self.configuration_name,
-                                      list(self.dataset_json["channel_names"].values()),
-                                      self.training_labels_unknown_reason)
+                                      self.fingerprint, self.training_coverage, self.configuration_name,
+                                      list(self.dataset_json["channel_names"].values()))
         if self.calibration is None:
             return {**{c: None for c in CALIBRATED_COLUMNS}, "interval_finite": False,
                     "out_of_training_range": "; ".join(map(str, check.reasons)),
@@ -586,10 +584,13 @@ class nnQCPredictor:
                 "alpha": alpha, "coverage": 1 - alpha,
                 "recalibration": bool(calibrated and self.calibration.recalibrate),
                 "calibration": self.calibration_status, "calibration_warnings": self.calibration_warnings(alpha),
-                "training_range_checked_against": FINGERPRINT_FILE if isfile(join(self.model_folder, FINGERPRINT_FILE))
-                else f"{METADATA_FILE} and the plans" if self.fingerprint.get("spacings")
-                else f"the plans only ({FINGERPRINT_FILE} is not in the model folder: spacing not checked)",
-                "training_labels": sorted(self.training_labels) if self.training_labels is not None else None,
+                "training_range_checked_against": {
+                    "spacing": FINGERPRINT_FILE if isfile(join(self.model_folder, FINGERPRINT_FILE))
+                    else METADATA_FILE if self.fingerprint.get("spacings") else None,
+                    "cropped_size": "plans.json", "intensity and labels": f"fold_X/{TRAINING_RANGE_FILE}"},
+                "training_coverage": {"labels": sorted(self.training_coverage.labels)
+                                      if self.training_coverage.labels is not None else None,
+                                      "image_intensities": self.training_coverage.intensities},
                 "dataset_json": self.dataset_json}
 
     @staticmethod

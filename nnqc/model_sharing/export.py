@@ -1,7 +1,7 @@
 """Export a trained nnQC model to a zip that nnQC_install_pretrained_model_from_zip installs elsewhere.
 
 Only what prediction needs goes in: plans.json, dataset.json, the chosen folds' checkpoints and
-training_labels.json, calibration.json when the model has one, and nnqc_model.json (what the model is, its
+training_range.json, calibration.json when the model has one, and nnqc_model.json (what the model is, its
 validation figures, every file's SHA-256). Training logs, progress.png and the validation predictions only when
 asked; the fingerprint and checkpoint_latest.pth never (unless named with -chk). Paths inside the archive are
 relative to nnUNet_results, as nnU-Net's exporter writes them.
@@ -18,7 +18,7 @@ from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, 
 
 from nnqc.atomic_files import file_sha256, replace_atomically
 from nnqc.calibration.calibration_file import CalibrationError, calibration_folds, load_or_build_calibration
-from nnqc.calibration.training_labels import TRAINING_LABELS_FILE
+from nnqc.calibration.fold_coverage import TRAINING_RANGE_FILE
 from nnqc.experiment_planning.plan_and_preprocess import DEFAULT_PLANS_NAME as PLANS_IDENTIFIER
 from nnqc.model_sharing.model_metadata import (
     CALIBRATION_FILE,
@@ -48,8 +48,8 @@ def files_to_export(model_folder: str, folds: list[int | str], checkpoints: list
             if not isfile(join(model_folder, folder, checkpoint)):
                 raise FileNotFoundError(f"{join(model_folder, folder, checkpoint)} does not exist")
             files.append(f"{folder}/{checkpoint}")
-        if isfile(join(model_folder, folder, TRAINING_LABELS_FILE)):
-            files.append(f"{folder}/{TRAINING_LABELS_FILE}")
+        if isfile(join(model_folder, folder, TRAINING_RANGE_FILE)):
+            files.append(f"{folder}/{TRAINING_RANGE_FILE}")
         if training_logs:
             files += [f"{folder}/{name}" for name in TRAINING_LOG_FILES if isfile(join(model_folder, folder, name))]
             files += [f"{folder}/{name}" for name in subfiles(join(model_folder, folder), prefix="training_log_",

@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from nnqc import paths
 from nnqc.atomic_files import copy_atomically, is_temporary_name, save_npz_atomically, write_json_atomically
+from nnqc.calibration.training_range import IMAGE_INTENSITIES_PROPERTY, image_intensity_statistics
 from nnqc.geometry import properties_mismatch
 from nnqc.metrics.regions import allowed_labels
 from nnqc.process_pool import map_unordered
@@ -222,6 +223,13 @@ class nnQCPreprocessor(DefaultPreprocessor):
 
     def __init__(self, verbose: bool = False):
         super().__init__(verbose=verbose)
+
+    def run_case_npy(self, data: np.ndarray, seg: np.ndarray | None, properties: dict, plans_manager: PlansManager,
+                     configuration_manager: ConfigurationManager, dataset_json: dict | str):
+        """nnU-Net's, after recording the raw images' intensity statistics in the properties: training subjects
+        and predicted cases get them from this one place, for the training-range check."""
+        properties[IMAGE_INTENSITIES_PROPERTY] = image_intensity_statistics(data)
+        return super().run_case_npy(data, seg, properties, plans_manager, configuration_manager, dataset_json)
 
     def _normalize(self, data: np.ndarray, seg: np.ndarray, configuration_manager: ConfigurationManager,
                    foreground_intensity_properties_per_channel: dict) -> np.ndarray:
