@@ -18,7 +18,7 @@ BASE_COLUMNS = ("sample", "subject", "source", "generator", "seed", "dsc", "nsd"
 # fraction of the candidate's / the reference's foreground outside the network's view (nnqc.qc_data.view)
 VIEW_COLUMNS = ("candidate_outside_view", "reference_outside_view")
 # the foreground labels present in the candidate, space-separated ("" for an empty one): what a trained model has
-# seen, so that prediction can name labels it never saw (nnqc.calibration.training_range)
+# seen, so that prediction can name labels it never saw (nnqc.calibration.fold_coverage)
 LABELS_COLUMN = "labels"
 REQUIRED_COLUMNS = ("sample", "subject", "source", "generator", "seed", "dsc", "nsd")
 ID_COLUMNS = ("sample", "subject", "source", "generator")
