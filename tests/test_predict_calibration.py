@@ -186,8 +186,9 @@ def test_labels_no_training_candidate_held_put_a_case_out_of_range(calibrated_mo
 
 
 def test_unlike_images_are_out_of_range_whatever_the_segmentation(calibrated_model, cases, tmp_path):  # noqa: F811
-    """Four times as bright images (the phantoms' brightness varies two-fold between subjects) are outside the training range on every channel; the same images as they are, with
-    a segmentation shifted onto other tissue, are not (the check is of the image alone)."""
+    """Four times as bright images (the phantoms' brightness varies two-fold between subjects) are outside the
+    training range on every channel; the same images as they are, with a segmentation shifted onto other tissue,
+    are not (the check is of the image alone)."""
     images = tmp_path / "images"
     shutil.copytree(cases["images"], images)
     good, poor, _ = cases["names"]
