@@ -64,6 +64,14 @@ def _common_intensities(ranges: Sequence[dict]) -> dict:
                 "num_subjects": min(r[c]["num_subjects"] for r in ranges)} for c in sorted(channels)}
 
 
+def _first_unknown(records: Sequence[tuple[int | str, dict]], key: str, reason_key: str | None = None) -> str:
+    """Why `key` is not known for the first fold whose record lacks it ("" when every fold has it)."""
+    for fold, record in records:
+        if record.get(key) is None:
+            return f"fold_{fold}: {record.get(reason_key or f'{key}_unknown', 'not recorded')}"
+    return ""
+
+
 def ensemble_coverage(model_folder: str, folds: Sequence[int | str]) -> TrainingCoverage:
     """What every one of the folds' training data covered, from their training_range.json."""
     records = []
@@ -76,15 +84,14 @@ def ensemble_coverage(model_folder: str, folds: Sequence[int | str]) -> Training
     if not records:
         return TrainingCoverage(labels_unknown="no fold given", intensities_unknown="no fold given")
     coverage = TrainingCoverage()
-    missing = [(f, r) for f, r in records if r.get("labels") is None]
-    if missing:
-        coverage.labels_unknown = f"fold_{missing[0][0]}: {missing[0][1].get('labels_unknown', 'not recorded')}"
+    unknown = _first_unknown(records, "labels")
+    if unknown:
+        coverage.labels_unknown = unknown
     else:
         coverage.labels = set.intersection(*(set(r["labels"]) for _, r in records))
-    missing = [(f, r) for f, r in records if r.get("image_intensities") is None]
-    if missing:
-        coverage.intensities_unknown = (f"fold_{missing[0][0]}: "
-                                        f"{missing[0][1].get('intensities_unknown', 'not recorded')}")
+    unknown = _first_unknown(records, "image_intensities", "intensities_unknown")
+    if unknown:
+        coverage.intensities_unknown = unknown
     else:
         coverage.intensities = _common_intensities([r["image_intensities"] for _, r in records])
     return coverage
