@@ -51,6 +51,7 @@ def make_held_out_cases(source_folder: str, out_folder: str, seed: int) -> tuple
     (images linked under a new case name for each)."""
     from nnqc.metrics.regions import allowed_labels, get_regions
     from nnqc.qc_data.generators import generate_candidate
+    from nnqc.qc_data.view import read_subject_view
 
     images, segs, refs = (os.path.join(out_folder, n) for n in ("imagesTs", "segmentations", "references"))
     for folder in (images, segs, refs):
@@ -64,6 +65,10 @@ def make_held_out_cases(source_folder: str, out_folder: str, seed: int) -> tuple
         reference = sitk.ReadImage(os.path.join(source_folder, "labelsTs", case + ".nii.gz"))
         ref_array = sitk.GetArrayFromImage(reference)
         spacing = reference.GetSpacing()[::-1]
+        # candidates stay inside the images' non-zero box, as nnQC_convert's do: a segmenter's output, not one the
+        # network cannot see (nnQC_predict would name such a case a partial view)
+        view = read_subject_view([os.path.join(source_folder, "imagesTs", f"{case}_{c:04d}.nii.gz")
+                                  for c in range(4)])
         for family, offset in HELD_OUT_SEGMENTATIONS:
             name = f"{case}_{family}"
             if os.path.isfile(os.path.join(segs, name + ".nii.gz")):
@@ -75,7 +80,7 @@ def make_held_out_cases(source_folder: str, out_folder: str, seed: int) -> tuple
             shutil.copyfile(os.path.join(source_folder, "labelsTs", case + ".nii.gz"),
                             os.path.join(refs, name + ".nii.gz"))
             candidate = ref_array if family == "reference" else generate_candidate(
-                family, ref_array, seed + 1000 * i + offset, spacing, labels, regions)
+                family, ref_array, seed + 1000 * i + offset, spacing, labels, regions, view)
             image = sitk.GetImageFromArray(candidate.astype(np.uint8))
             image.CopyInformation(reference)
             sitk.WriteImage(image, os.path.join(segs, name + ".nii.gz"), True)
