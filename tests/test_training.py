@@ -230,6 +230,23 @@ def test_modality_dropout_drops_channels_but_never_all():
     assert torch.equal(drop_channels(images, 0.0, generator), images)
 
 
+def test_validation_with_best_needs_a_checkpoint_best(pipeline_env, tmp_path, monkeypatch):
+    from nnqc.run.train import run_training
+
+    # a copy of fold 0 as training leaves it when the validation DSC r was never finite: no checkpoint_best
+    model = os.path.dirname(fold_folder(pipeline_env, 0))
+    copy = join(str(tmp_path), os.path.relpath(model, pipeline_env.results))
+    shutil.copytree(join(model, "fold_0"), join(copy, "fold_0"), ignore=shutil.ignore_patterns("checkpoint_best.pth"))
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
+    validation = join(copy, "fold_0", "validation")
+    before = {name: os.stat(join(validation, name)).st_mtime_ns for name in os.listdir(validation)}
+    with pytest.raises(FileNotFoundError, match="checkpoint_best.pth does not exist: the fold's validation "
+                                                "val_dsc_r was never finite"):
+        run_training(QC_ID, "3d_fullres", 0, TRAINER, only_run_validation=True, val_with_best=True,
+                     device=torch.device("cpu"))
+    assert {name: os.stat(join(validation, name)).st_mtime_ns for name in os.listdir(validation)} == before
+
+
 def test_unknown_trainer_is_a_clear_error():
     from nnqc.trainer_lookup import get_trainer_class
 

@@ -50,7 +50,12 @@ def _train_and_validate(trainer, continue_training: bool, only_run_validation: b
     if not only_run_validation:
         trainer.run_training()
     if val_with_best:
-        trainer.load_checkpoint(join(trainer.output_folder, "checkpoint_best.pth"))
+        best = join(trainer.output_folder, "checkpoint_best.pth")
+        if not os.path.isfile(best):
+            raise FileNotFoundError(f"{best} does not exist: the fold's validation {trainer.best_checkpoint_metric} "
+                                    f"was never finite (its training log says so); validate checkpoint_final.pth "
+                                    f"(--val without --val_best)")
+        trainer.load_checkpoint(best)
     trainer.perform_actual_validation()
 
 
