@@ -10,6 +10,7 @@ Each fold records those of its own training subjects; an ensemble covers what ev
 """
 from __future__ import annotations
 
+from collections import Counter
 from collections.abc import Sequence
 
 import pandas as pd
@@ -29,10 +30,7 @@ def fold_coverage_record(training_samples: pd.DataFrame, subject_properties: Seq
     data do not record it (a dataset converted or preprocessed by an nnQC before they were recorded)."""
     record: dict = {"num_training_samples": len(training_samples), "num_training_subjects": len(subject_properties)}
     if LABELS_COLUMN in training_samples:
-        counts: dict[int, int] = {}
-        for text in training_samples[LABELS_COLUMN]:
-            for label in parse_labels(text):
-                counts[label] = counts.get(label, 0) + 1
+        counts = Counter(label for text in training_samples[LABELS_COLUMN] for label in parse_labels(text))
         record.update(labels=sorted(counts), candidates_per_label={str(k): counts[k] for k in sorted(counts)})
     else:
         record.update(labels=None, labels_unknown=f"qc_targets.csv has no {LABELS_COLUMN!r} column (converted by "
