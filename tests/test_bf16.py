@@ -1,5 +1,6 @@
 """bf16 autocast on CPUs with native bf16: chosen only where detected, outputs close to fp32, --fp32 opts out."""
 import json
+import math
 import os
 import subprocess
 import sys
@@ -137,6 +138,12 @@ def test_gpu_check_says_so_without_cuda_and_runs_dry_on_the_cpu(tmp_path):
     with open(figures) as f:
         results = json.load(f)
     assert results["training_iteration"]["median_s"] > 0
+    # nnQCTrainer's own train_step ran (eager: nnU-Net does not compile on the CPU) and trained
+    training = results["training_iteration"]
+    assert training["compiled"] is False and list(results["training_variants"]) == ["eager"]
+    assert math.isfinite(training["first_loss"]) and math.isfinite(training["final_loss"])
+    assert training["parameters_changed"] is True
+    assert results["could_not"] == []
     assert results["data_loading"][0]["samples_per_s"] > 0
     assert [row["folds"] for row in results["predict"]] == [1, 2]
     assert all(row["pipelined_s_per_case"] > 0 and row["sequential_s_per_case"] > 0 for row in results["predict"])

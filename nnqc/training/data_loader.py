@@ -102,3 +102,35 @@ def iterate_batches(dataset: nnUNetBaseDataset, samples: pd.DataFrame, preproces
         examples = [load_example(dataset, preprocessed_folder, r.subject, r.sample, patch_size)
                     for r in rows.itertuples()]
         yield collate(examples, rows)
+
+
+class nnQCValidationLoader(SlimDataLoaderBase):
+    """The batches of iterate_batches over `samples`, in order, again and again: one pass per validation epoch.
+
+    Deterministic in a single producer, so that a background worker (one: with several, nnU-Net's shared queue
+    would interleave their batches by chance) hands the trainer exactly the batches the main process would load.
+    """
+
+    def __init__(self, dataset: nnUNetBaseDataset, samples: pd.DataFrame, preprocessed_folder: str, batch_size: int,
+                 patch_size: Sequence[int]):
+        super().__init__(dataset, batch_size, None)
+        if len(samples) == 0:
+            raise RuntimeError("no QC samples for the validation subjects of this fold")
+        self.samples = samples
+        self.preprocessed_folder = preprocessed_folder
+        self.patch_size = tuple(patch_size)
+        self._batches = None
+
+    def __len__(self) -> int:
+        """Batches in one pass."""
+        return -(-len(self.samples) // self.batch_size)
+
+    def generate_train_batch(self) -> dict:
+        if self._batches is None:
+            self._batches = self._cycle()
+        return next(self._batches)
+
+    def _cycle(self):
+        while True:
+            yield from iterate_batches(self._data, self.samples, self.preprocessed_folder, self.batch_size,
+                                       self.patch_size)
