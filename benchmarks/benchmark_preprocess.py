@@ -3,8 +3,9 @@
 Run: python benchmarks/benchmark_preprocess.py [--subjects 3] [--candidates 10]
 Writes a QC dataset of BraTS-like phantoms (4 channels, 240 x 240 x 155 at 1 mm) to a temporary folder, fingerprints
 and plans it, then prints the seconds per subject (read, crop, normalize, resample, write in nnU-Net's
-format), the seconds per candidate (read, crop, resample, write) and the median bytes of a preprocessed
-candidate (target: at most 100 kB).
+format), the seconds per candidate (read, crop, resample, write), the seconds per subject to fingerprint its
+inputs (size and SHA-256 of the compressed files, what reruns compare to decide what is up to date) and the
+median bytes of a preprocessed candidate (target: at most 100 kB).
 """
 import argparse
 import json
@@ -86,6 +87,7 @@ def main() -> None:
         from nnqc.preprocessing.preprocessor import (
             PREPROCESSED_CANDIDATES_FOLDER,
             candidates_by_subject,
+            input_fingerprint,
             nnQCPlansManager,
             nnQCPreprocessor,
         )
@@ -123,8 +125,14 @@ def main() -> None:
         os.makedirs(os.path.join(output, PREPROCESSED_CANDIDATES_FOLDER))
         preprocessor = nnQCPreprocessor()
 
-        subject_seconds, candidate_seconds = [], []
+        subject_seconds, candidate_seconds, fingerprint_seconds, input_bytes = [], [], [], []
         for subject in sorted(dataset):
+            inputs = [*dataset[subject]["images"], dataset[subject]["label"]]
+            start = time.perf_counter()
+            for f in inputs:
+                input_fingerprint(f)
+            fingerprint_seconds.append(time.perf_counter() - start)
+            input_bytes.append(sum(os.path.getsize(f) for f in inputs))
             job = [output, subject, dataset[subject]["images"], dataset[subject]["label"], [], plans_manager,
                    configuration_manager, dataset_json, ()]
             start = time.perf_counter()
@@ -140,6 +148,8 @@ def main() -> None:
         subject_bytes = [os.path.getsize(os.path.join(output, f)) for f in os.listdir(output) if "." in f]
         print(f"seconds per subject:   {np.mean(subject_seconds):.2f} (n={len(subject_seconds)})")
         print(f"seconds per candidate: {np.mean(candidate_seconds):.3f} (n={len(sizes)})")
+        print(f"seconds per subject to fingerprint its inputs: {np.mean(fingerprint_seconds):.3f} "
+              f"({np.mean(input_bytes) / 1e6:.1f} MB of compressed images and reference)")
         print(f"bytes per candidate:   median {np.median(sizes) / 1e3:.1f} kB, max {max(sizes) / 1e3:.1f} kB "
               f"(target <= 100 kB)")
         print(f"bytes per subject:     {sum(subject_bytes) / len(dataset) / 1e6:.1f} MB")

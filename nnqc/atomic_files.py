@@ -5,7 +5,6 @@ renames it over the destination with os.replace (atomic within one folder), then
 allows it; so neither a killed run nor a power cut leaves a half-written file under a final name, and readers
 that skip hidden files never see a partial one.
 """
-import filecmp
 import hashlib
 import json
 import os
@@ -115,8 +114,19 @@ def is_complete_copy(source: str, destination: str) -> bool:
         return False
     if os.path.samefile(source, destination):
         return True
-    return os.path.getsize(source) == os.path.getsize(destination) and filecmp.cmp(source, destination,
-                                                                                    shallow=False)
+    return os.path.getsize(source) == os.path.getsize(destination) and _same_bytes(source, destination)
+
+
+def _same_bytes(a: str, b: str) -> bool:
+    """Byte comparison that always reads both files: filecmp.cmp caches its answers by path, size and mtime, so
+    a file replaced by one of the same size and mtime would compare as before."""
+    with open(a, "rb") as fa, open(b, "rb") as fb:
+        while True:
+            block_a, block_b = fa.read(1 << 20), fb.read(1 << 20)
+            if block_a != block_b:
+                return False
+            if not block_a:
+                return True
 
 
 def file_sha256(path: str) -> str:

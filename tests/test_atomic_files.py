@@ -145,3 +145,16 @@ def test_complete_copy_compares_content_or_inode_not_size(tmp_path):
     link = tmp_path / "link.nii"
     link_or_copy(str(source), str(link))
     assert is_complete_copy(str(source), str(link))
+
+
+def test_complete_copy_reads_the_bytes_again_after_a_same_size_same_mtime_replacement(tmp_path):
+    """filecmp.cmp would answer from its cache keyed by size and mtime: a stale copy would pass as complete."""
+    source, copy = tmp_path / "labels.nii", tmp_path / "copy.nii"
+    source.write_bytes(b"A" * 1000)
+    copy_atomically(str(source), str(copy))
+    assert is_complete_copy(str(source), str(copy))
+    stat = os.stat(source)
+    source.write_bytes(b"A" * 999 + b"B")
+    os.utime(source, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert os.stat(source).st_mtime_ns == stat.st_mtime_ns
+    assert not is_complete_copy(str(source), str(copy))

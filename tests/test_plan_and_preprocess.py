@@ -12,6 +12,7 @@ import pytest
 import SimpleITK as sitk
 from batchgenerators.utilities.file_and_folder_operations import load_json, load_pickle
 from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
+from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class, nnUNetDatasetBlosc2
 from scipy.ndimage import binary_erosion
 
 from dataset_conversion.phantoms import make_acdc_phantom, make_brats_phantom
@@ -331,21 +332,79 @@ def test_rerun_skips_work_and_clean_redoes_it(brain):
     plan_and_preprocess([901], num_processes=1, fingerprint_extractor_class=SmallSampleFingerprintExtractor)
     assert _output_mtimes(brain["pre"]) == before
 
-    # a changed candidate is redone alone; a changed image redoes its subject and the subject's candidates
-    time.sleep(0.01)
-    os.utime(os.path.join(brain["raw"], "candidatesTr", "brain_002__degrade__001.nii.gz"))
-    os.utime(os.path.join(brain["raw"], "imagesTr", "brain_004_0001.nii.gz"))
-    preprocess(901, num_processes=1)
-    after = _output_mtimes(brain["pre"])
-    changed = sorted(k for k in after if after[k] != before[k])
-    expected = ["nnQCPlans_3d_fullres/candidates/brain_002__degrade__001.npz"] + \
-        [f"nnQCPlans_3d_fullres/candidates/brain_004__degrade__{k:03d}.npz" for k in range(4)] + \
-        [f"nnQCPlans_3d_fullres/brain_004{s}" for s in (".b2nd", ".pkl", "_seg.b2nd")]
-    assert changed == sorted(expected)
-
     preprocess(901, num_processes=1, clean=True)
     after_clean = _output_mtimes(brain["data"])
     assert all(after_clean[k] != before[os.path.join("nnQCPlans_3d_fullres", k)] for k in after_clean)
+
+
+def test_rerun_redoes_what_changed_in_content_whatever_the_modification_times(nnunet_folders, brain):
+    """Up to date is decided from the inputs' bytes: a file replaced by one with an older or the same mtime is
+    redone, a touched one is not; a changed candidate is redone alone, a changed image redoes its subject and the
+    subject's candidates."""
+    name = "Dataset910_BrainQC"
+    raw = os.path.join(nnunet_folders["nnUNet_raw"], name)
+    pre = os.path.join(nnunet_folders["nnUNet_preprocessed"], name)
+    shutil.copytree(brain["raw"], raw)
+    shutil.copytree(brain["pre"], pre)  # a copied dataset is as up to date as its original
+    data = os.path.join(pre, "nnQCPlans_3d_fullres")
+    before = _output_mtimes(pre)
+    preprocess(910, num_processes=1)
+    assert _output_mtimes(pre) == before
+
+    # touched, same bytes: nothing is redone
+    candidate = os.path.join(raw, "candidatesTr", "brain_002__degrade__001.nii.gz")
+    image = os.path.join(raw, "imagesTr", "brain_004_0001.nii.gz")
+    for f in (candidate, image):
+        os.utime(f, (time.time() + 100, time.time() + 100))
+    preprocess(910, num_processes=1)
+    assert _output_mtimes(pre) == before
+
+    # the candidate replaced by the identity candidate's file, with an older mtime than before
+    old = os.stat(candidate)
+    shutil.copyfile(os.path.join(raw, "candidatesTr", "brain_002__degrade__000.nii.gz"), candidate)
+    os.utime(candidate, ns=(old.st_atime_ns, old.st_mtime_ns - 3600 * 10 ** 9))
+    # an image rewritten with other intensities, keeping its mtime exactly
+    old = os.stat(image)
+    original = sitk.ReadImage(image)
+    brighter = sitk.GetImageFromArray(sitk.GetArrayFromImage(original) * 1.5 + 7)
+    brighter.CopyInformation(original)
+    sitk.WriteImage(brighter, image, useCompression=True)
+    os.utime(image, ns=(old.st_atime_ns, old.st_mtime_ns))
+    assert os.stat(image).st_mtime_ns == old.st_mtime_ns
+    subject_data = blosc2.open(os.path.join(data, "brain_004.b2nd"))[:]
+
+    preprocess(910, num_processes=1)
+    after = _output_mtimes(pre)
+    changed = sorted(k for k in after if after[k] != before[k])
+    expected = ["nnQCPlans_3d_fullres/candidates/brain_002__degrade__001.npz",
+                "nnQCPlans_3d_fullres/inputs/brain_002.json", "nnQCPlans_3d_fullres/inputs/brain_004.json"] + \
+        [f"nnQCPlans_3d_fullres/candidates/brain_004__degrade__{k:03d}.npz" for k in range(4)] + \
+        [f"nnQCPlans_3d_fullres/brain_004{s}" for s in (".b2nd", ".pkl", "_seg.b2nd")]
+    assert sorted(after) == sorted(before) and changed == sorted(expected)
+    # redone from the new content
+    redone = np.load(os.path.join(data, "candidates", "brain_002__degrade__001.npz"))["seg"]
+    reference = blosc2.open(os.path.join(data, "brain_002_seg.b2nd"))[:]
+    assert np.array_equal(redone, np.maximum(reference, 0))
+    assert not np.array_equal(blosc2.open(os.path.join(data, "brain_004.b2nd"))[:], subject_data)
+    # the records live apart: nnU-Net infers the dataset class from the data folder's one file ending
+    assert infer_dataset_class(data) is nnUNetDatasetBlosc2
+
+
+def test_input_fingerprint_tells_same_size_same_mtime_files_apart(tmp_path):
+    from nnqc.preprocessing.preprocessor import input_fingerprint
+
+    path = str(tmp_path / "image.nii")
+    with open(path, "wb") as f:
+        f.write(b"A" * 4096)
+    first = input_fingerprint(path)
+    stat = os.stat(path)
+    with open(path, "wb") as f:
+        f.write(b"A" * 4095 + b"B")
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    second = input_fingerprint(path)
+    assert first[:2] == second[:2] == ["image.nii", 4096] and first != second
+    os.utime(path, (time.time() + 100, time.time() + 100))
+    assert input_fingerprint(path) == second
 
 
 # ----------------------------------------------------------------------------------------------------------

@@ -5,6 +5,13 @@ A QC dataset stores images and reference once per subject and only a label map p
 driven by subjects: a subject is read, normalized and resampled once, and each of its candidates is then
 only read, cropped with the subject's bounding box and resampled as a segmentation. Outputs are written
 atomically and reruns skip what is already up to date.
+
+"Up to date" is decided from content, not modification times: each subject's inputs/SUBJ.json records the size
+and SHA-256 of every file its outputs and its candidates' outputs were made from (images, reference, plans,
+dataset.json; each candidate file), and what no longer matches is redone. A file replaced by another one with an
+older or the same mtime is redone; one only touched (same bytes) is not. Hashing reads each compressed input
+once per run, about 1 GB/s: 0.01 s for a BraTS-sized phantom subject's 10 MB, which takes 2 s to preprocess
+(benchmarks/benchmark_preprocess.py). A folder preprocessed before these records existed is redone once.
 """
 import os
 import shutil
@@ -36,7 +43,14 @@ from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
 from tqdm import tqdm
 
 from nnqc import paths
-from nnqc.atomic_files import copy_atomically, is_temporary_name, save_npz_atomically, write_json_atomically
+from nnqc.atomic_files import (
+    copy_atomically,
+    file_sha256,
+    is_complete_copy,
+    is_temporary_name,
+    save_npz_atomically,
+    write_json_atomically,
+)
 from nnqc.calibration.training_range import IMAGE_INTENSITIES_PROPERTY, image_intensity_statistics
 from nnqc.geometry import properties_mismatch
 from nnqc.metrics.regions import allowed_labels
@@ -48,6 +62,10 @@ CANDIDATE_FILE_ENDING = ".nii.gz"
 QC_TARGETS_FILE = "qc_targets.csv"
 PREPROCESSED_CANDIDATES_FOLDER = "candidates"
 SUBJECT_OUTPUT_SUFFIXES = (".b2nd", "_seg.b2nd", ".pkl")  # the .pkl goes last: it marks a complete subject
+# per subject, INPUTS_RECORD_FOLDER/SUBJ.json: the fingerprints of the files its outputs were made from. In a folder
+# of their own: nnU-Net infers the dataset class from the one file ending (besides .pkl) of the data folder
+INPUTS_RECORD_FOLDER = "inputs"
+INPUTS_RECORD_FORMAT = 1
 TEMPORARY_FOLDER_PREFIX = ".tmp_"  # scratch folders in which a subject's outputs are written together
 NUM_FOLDS = 5
 SPLIT_SEED = 12345
@@ -185,10 +203,21 @@ def candidates_by_subject(raw_folder: str, subjects: Sequence[str]) -> dict[str,
     return grouped
 
 
-def _is_up_to_date(outputs: Sequence[str], inputs: Sequence[str]) -> bool:
-    if not all(isfile(f) for f in outputs):
-        return False
-    return min(os.path.getmtime(f) for f in outputs) >= max(os.path.getmtime(f) for f in inputs)
+def input_fingerprint(path: str) -> list:
+    """[file name, size, SHA-256 of the bytes]: what an output was made from, independent of modification times
+    (a restored backup or a copy keeps or sets any mtime)."""
+    return [os.path.basename(path), os.path.getsize(path), file_sha256(path)]
+
+
+def _read_inputs_record(path: str) -> dict:
+    """A subject's inputs record; empty (everything redone) when missing, unreadable or of another format."""
+    try:
+        record = load_json(path)
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(record, dict) or record.get("format") != INPUTS_RECORD_FORMAT:
+        return {}
+    return record
 
 
 def splits_of_source_dataset(qc_dataset_json: dict, subjects: Sequence[str]) -> list[dict] | None:
@@ -290,25 +319,35 @@ class nnQCPreprocessor(DefaultPreprocessor):
     def run_subject(self, output_folder: str, subject: str, image_files: list[str], label_file: str,
                     candidates: list[tuple[str, str]], plans_manager: PlansManager,
                     configuration_manager: ConfigurationManager, dataset_json: dict,
-                    extra_inputs: Sequence[str]) -> tuple[bool, int]:
-        """Preprocess one subject (unless up to date) and those of its candidates that need it.
+                    extra_inputs: Sequence[str], extra_fingerprints: Sequence[list] | None = None
+                    ) -> tuple[bool, int]:
+        """Preprocess one subject (unless up to date) and those of its candidates that need it. `extra_inputs`
+        (plans, dataset.json) count as inputs of the subject; `extra_fingerprints`, theirs computed once by the
+        caller for all subjects.
 
         Returns (whether the subject was preprocessed, number of candidates written).
         """
         try:
+            if extra_fingerprints is None:
+                extra_fingerprints = [input_fingerprint(f) for f in extra_inputs]
             return self._run_subject(output_folder, subject, image_files, label_file, candidates, plans_manager,
-                                     configuration_manager, dataset_json, extra_inputs)
+                                     configuration_manager, dataset_json, list(extra_fingerprints))
         except QCDatasetError:
             raise
         except Exception as e:
             raise QCDatasetError(f"Preprocessing subject {subject} failed: {type(e).__name__}: {e}") from e
 
     def _run_subject(self, output_folder, subject, image_files, label_file, candidates, plans_manager,
-                     configuration_manager, dataset_json, extra_inputs) -> tuple[bool, int]:
+                     configuration_manager, dataset_json, extra_fingerprints) -> tuple[bool, int]:
         outputs = [join(output_folder, subject + s) for s in SUBJECT_OUTPUT_SUFFIXES]
-        redo_subject = not _is_up_to_date(outputs, [*image_files, label_file, *extra_inputs])
+        record_file = join(output_folder, INPUTS_RECORD_FOLDER, subject + ".json")
+        record = _read_inputs_record(record_file)
+        subject_inputs = [input_fingerprint(f) for f in (*image_files, label_file)] + [list(f) for f in
+                                                                                       extra_fingerprints]
+        redo_subject = record.get("subject") != subject_inputs or not all(isfile(f) for f in outputs)
         if redo_subject:
-            for f in reversed(outputs):  # the .pkl first: an interrupted redo leaves an incomplete subject
+            # the record and the .pkl first: an interrupted redo leaves an incomplete subject, never a current one
+            for f in (record_file, *reversed(outputs)):
                 if isfile(f):
                     os.remove(f)
             temporary_folder = tempfile.mkdtemp(dir=output_folder, prefix=TEMPORARY_FOLDER_PREFIX)
@@ -319,10 +358,15 @@ class nnQCPreprocessor(DefaultPreprocessor):
                     os.replace(join(temporary_folder, os.path.basename(f)), f)
             finally:
                 shutil.rmtree(temporary_folder, ignore_errors=True)
+            record = {"format": INPUTS_RECORD_FORMAT, "subject": subject_inputs, "candidates": {}}
+            write_json_atomically(record_file, record)
 
         candidates_folder = join(output_folder, PREPROCESSED_CANDIDATES_FOLDER)
+        candidate_inputs = {sample: input_fingerprint(file) for sample, file in candidates}
+        recorded = record.get("candidates", {})
         todo = [(sample, file) for sample, file in candidates
-                if redo_subject or not _is_up_to_date([join(candidates_folder, sample + ".npz")], [file])]
+                if redo_subject or recorded.get(sample) != candidate_inputs[sample]
+                or not isfile(join(candidates_folder, sample + ".npz"))]
         if todo:
             properties = load_pickle(outputs[-1])
             preprocessed_shape = blosc2.open(urlpath=outputs[1], mode="r").shape[1:]
@@ -331,6 +375,9 @@ class nnQCPreprocessor(DefaultPreprocessor):
                 seg = self.preprocess_candidate(file, properties, preprocessed_shape, plans_manager,
                                                 configuration_manager, labels)
                 save_npz_atomically(join(candidates_folder, sample + ".npz"), seg=seg)
+        # recorded after the outputs: a candidate interrupted before this line is redone on the next run
+        if recorded != candidate_inputs:
+            write_json_atomically(record_file, {**record, "candidates": candidate_inputs})
         return redo_subject, len(todo)
 
     def run(self, dataset_name_or_id: int | str, configuration_name: str, plans_identifier: str,
@@ -357,10 +404,13 @@ class nnQCPreprocessor(DefaultPreprocessor):
             shutil.rmtree(output_folder)
         candidates_folder = join(output_folder, PREPROCESSED_CANDIDATES_FOLDER)
         os.makedirs(candidates_folder, exist_ok=True)
+        os.makedirs(join(output_folder, INPUTS_RECORD_FOLDER), exist_ok=True)
         self._remove_stale_outputs(output_folder, subjects, {s for c in candidates.values() for s, _ in c})
 
+        extra_inputs = (plans_file, dataset_json_file)
+        extra_fingerprints = [input_fingerprint(f) for f in extra_inputs]  # once, not once per subject
         jobs = [(output_folder, s, dataset[s]["images"], dataset[s]["label"], candidates[s], plans_manager,
-                 configuration_manager, dataset_json, (plans_file, dataset_json_file)) for s in subjects]
+                 configuration_manager, dataset_json, extra_inputs, extra_fingerprints) for s in subjects]
         num_candidates = sum(len(c) for c in candidates.values())
         print(f"Preprocessing {len(subjects)} subjects and {num_candidates} candidates of {dataset_name} "
               f"({configuration_name}) with {num_processes} process(es)")
@@ -387,7 +437,8 @@ class nnQCPreprocessor(DefaultPreprocessor):
 
     @staticmethod
     def _remove_temporaries(output_folder: str) -> None:
-        for folder in (output_folder, join(output_folder, PREPROCESSED_CANDIDATES_FOLDER)):
+        for folder in (output_folder, join(output_folder, PREPROCESSED_CANDIDATES_FOLDER),
+                       join(output_folder, INPUTS_RECORD_FOLDER)):
             for name in os.listdir(folder):
                 path = join(folder, name)
                 if name.startswith(TEMPORARY_FOLDER_PREFIX) or is_temporary_name(name):
@@ -402,7 +453,8 @@ class nnQCPreprocessor(DefaultPreprocessor):
         cls._remove_temporaries(output_folder)
         subjects = set(subjects)
         candidates_folder = join(output_folder, PREPROCESSED_CANDIDATES_FOLDER)
-        for folder in (output_folder, candidates_folder):
+        records_folder = join(output_folder, INPUTS_RECORD_FOLDER)
+        for folder in (output_folder, candidates_folder, records_folder):
             for name in os.listdir(folder):
                 path = join(folder, name)
                 if folder == candidates_folder and name.endswith(".npz") and name[:-4] not in samples:
@@ -412,19 +464,22 @@ class nnQCPreprocessor(DefaultPreprocessor):
                                        if name.endswith(s)), None)
                     if identifier is not None and identifier not in subjects:
                         os.remove(path)
+                elif folder == records_folder and name.endswith(".json") and name[:-5] not in subjects:
+                    os.remove(path)
 
     @staticmethod
     def _write_dataset_files(raw_folder: str, preprocessed_folder: str, dataset: dict, file_ending: str) -> None:
-        """qc_targets.csv, gt_segmentations/ (as nnU-Net) and splits_final.json (folds by subject)."""
+        """qc_targets.csv, gt_segmentations/ (as nnU-Net) and splits_final.json (folds by subject). The copies
+        are renewed when their bytes differ from the source's, whatever the modification times say."""
         targets_source, targets_copy = join(raw_folder, QC_TARGETS_FILE), join(preprocessed_folder, QC_TARGETS_FILE)
-        if not _is_up_to_date([targets_copy], [targets_source]):
+        if not is_complete_copy(targets_source, targets_copy):
             copy_atomically(targets_source, targets_copy)
 
         gt_folder = join(preprocessed_folder, "gt_segmentations")
         os.makedirs(gt_folder, exist_ok=True)
         for subject, files in dataset.items():
             target = join(gt_folder, subject + file_ending)
-            if not _is_up_to_date([target], [files["label"]]):
+            if not is_complete_copy(files["label"], target):
                 copy_atomically(files["label"], target)
 
         subjects = sorted(dataset)
