@@ -13,7 +13,9 @@ from nnqc.calibration.calibration_file import (
     CALIBRATION_FILE,
     OUT_OF_FOLD_PREDICTIONS,
     Calibration,
+    CalibrationDataMissing,
     CalibrationError,
+    CorruptCalibrationData,
     build_calibration,
     load_or_build_calibration,
 )
@@ -194,6 +196,59 @@ def test_calibration_file_is_rebuilt_when_a_fold_is_added_or_changes(tmp_path):
     assert load_or_build_calibration(model, folds=[0])["built_from"]["folds"] == [0]
     with pytest.raises(CalibrationError, match="fold_3"):
         build_calibration(model, folds=[0, 3])
+
+
+def test_calibration_file_follows_the_sources_content_not_their_modification_times(tmp_path):
+    model = str(tmp_path / "model")
+    path = write_fold(model, 0, np.random.default_rng(10))
+    saved = os.path.join(model, CALIBRATION_FILE)
+    calibration = load_or_build_calibration(model)
+    built = os.stat(saved).st_mtime_ns
+    # touched, same bytes: still current, not rebuilt
+    os.utime(path, (os.stat(path).st_atime + 100, os.stat(path).st_mtime + 100))
+    assert load_or_build_calibration(model) == calibration and os.stat(saved).st_mtime_ns == built
+    # other bytes of the same size under the same mtime: rebuilt
+    stat = os.stat(path)
+    with open(path) as f:
+        text = f.read()
+    digit = next(i for i, c in enumerate(text) if c == "3" and text[i - 1].isdigit())  # inside a number
+    with open(path, "w") as f:
+        f.write(text[:digit] + "4" + text[digit + 1:])
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    assert os.stat(path).st_size == stat.st_size
+    rebuilt = load_or_build_calibration(model)
+    assert rebuilt["built_from"]["sources"][0]["sha256"] != calibration["built_from"]["sources"][0]["sha256"]
+    # another fold's predictions put in place with an older mtime: rebuilt from them
+    write_fold(model, 0, np.random.default_rng(11))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns - 3600 * 10 ** 9))
+    again = load_or_build_calibration(model)
+    assert again["built_from"]["sources"][0]["sha256"] not in {
+        s["built_from"]["sources"][0]["sha256"] for s in (calibration, rebuilt)}
+    assert again == load_or_build_calibration(model)
+
+
+def test_missing_and_damaged_calibration_data_are_told_apart(tmp_path):
+    model = str(tmp_path / "model")
+    os.makedirs(os.path.join(model, "fold_0"))
+    with pytest.raises(CalibrationDataMissing, match="train a fold first"):
+        load_or_build_calibration(model)
+    with pytest.raises(CalibrationDataMissing, match=f"fold_0/{OUT_OF_FOLD_PREDICTIONS} does not exist"):
+        load_or_build_calibration(model, folds=[0])
+    # a damaged calibration.json without the predictions it came from: the damage is what is reported
+    saved = os.path.join(model, CALIBRATION_FILE)
+    with open(saved, "w") as f:
+        f.write('{"format_version": 1, "built_from": ')
+    with pytest.raises(CorruptCalibrationData, match=f"{CALIBRATION_FILE}: cannot read it as JSON.*cannot be rebuilt"):
+        load_or_build_calibration(model, folds=[0])
+    # with the predictions there it is rebuilt from them
+    path = write_fold(model, 0, np.random.default_rng(12))
+    calibration = load_or_build_calibration(model)
+    assert calibration["built_from"]["folds"] == [0] and load_or_build_calibration(model) == calibration
+    # a damaged predictions file is not a missing one
+    with open(path, "a") as f:
+        f.write("f0_extra,subject,seggen,seggen,not a number,0.5,0.5,0.5\n")
+    with pytest.raises(CorruptCalibrationData, match="qc_predictions_all.csv: column dsc"):
+        load_or_build_calibration(model)
 
 
 def test_bad_out_of_fold_predictions_are_refused_by_file(tmp_path):

@@ -17,6 +17,7 @@ import torch
 from batchgenerators.utilities.file_and_folder_operations import join, load_json
 from conftest import QC_ID, TRAINER
 
+from nnqc.calibration.calibration_file import OUT_OF_FOLD_PREDICTIONS, CorruptCalibrationData, build_calibration
 from nnqc.inference.input_folder import InputFolderError, check_input_folders
 from nnqc.inference.predictor import nnQCPredictor
 from nnqc.model_sharing.export import export_model_folder_to_zip
@@ -71,9 +72,33 @@ def fake_model(tmp_path) -> str:
     return folder
 
 
-def test_export_holds_what_prediction_needs_and_nothing_else(fake_model, tmp_path):
+def write_out_of_fold(model: str, fold: int, n: int = 40) -> str:
+    """Valid out-of-fold predictions of one fold (what its final validation writes)."""
+    rng = np.random.default_rng(fold)
+    predicted = rng.uniform(0.1, 0.9, n)
+    true = np.clip(predicted + rng.normal(0, 0.05, n), 0, 1)
+    table = pd.DataFrame({"sample": [f"f{fold}_{i}" for i in range(n)], "subject": [f"s{fold}_{i // 4}" for i in
+                                                                                    range(n)],
+                          "dsc": true, "nsd": true, "predicted_dsc": predicted, "predicted_nsd": predicted})
+    path = join(model, f"fold_{fold}", OUT_OF_FOLD_PREDICTIONS)
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    table.to_csv(path, index=False)
+    return path
+
+
+def calibration_of_folds(tmp_path, folds) -> str:
+    """calibration.json text as load_or_build_calibration writes it, built from synthetic folds elsewhere."""
+    elsewhere = str(tmp_path / "calibration_source")
+    for fold in folds:
+        write_out_of_fold(elsewhere, fold)
+    return json.dumps(build_calibration(elsewhere, folds))
+
+
+def test_export_holds_what_prediction_needs_and_nothing_else(fake_model, tmp_path, capsys):
     out = str(tmp_path / "model.zip")
     metadata = export_model_folder_to_zip(fake_model, out)
+    # a model without out-of-fold predictions is exported as it is, and the export says so
+    assert "calibration: none: no out-of-fold predictions" in capsys.readouterr().out
     with zipfile.ZipFile(out) as archive:
         names = sorted(archive.namelist())
         stored = json.loads(archive.read(PREFIX + METADATA_FILE))
@@ -96,7 +121,7 @@ def test_export_holds_what_prediction_needs_and_nothing_else(fake_model, tmp_pat
     assert stored["nnqc_version"]
 
     # the calibration when there is one, the logs and other checkpoints only when asked
-    write(join(fake_model, "calibration.json"), '{"coverage": 0.9}')
+    write(join(fake_model, "calibration.json"), calibration_of_folds(tmp_path, [1]))
     metadata = export_model_folder_to_zip(fake_model, out, folds=["1"], checkpoints=["checkpoint_final.pth",
                                                                                       "checkpoint_best.pth"],
                                           training_logs=True)
@@ -107,6 +132,69 @@ def test_export_holds_what_prediction_needs_and_nothing_else(fake_model, tmp_pat
                             "fold_1/training_range.json", "fold_1/progress.png",
                             "fold_1/debug.json", "fold_1/training_log_2026_1_1_00_00_00.txt"])
     assert metadata["calibration"] == "calibration.json" and metadata["folds"] == [1]
+    assert "calibration: calibration.json as it is (built from fold(s) 1;" in capsys.readouterr().out
+
+
+def export_cli(tmp_path, monkeypatch, capsys, out: str) -> tuple[int, str]:
+    """nnQC_export_model_to_zip on the fake model: (exit code, stderr)."""
+    from nnqc.run.export_model import export_model_to_zip_entry
+
+    monkeypatch.setenv("nnUNet_results", str(tmp_path / "results"))
+    monkeypatch.setattr(sys, "argv", ["nnQC_export_model_to_zip", "-d", DATASET, "-o", out])
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        export_model_to_zip_entry()
+    return exit_info.value.code, capsys.readouterr().err
+
+
+@pytest.mark.parametrize("damage", ["not_csv", "missing_column", "nan_prediction"])
+def test_a_damaged_out_of_fold_file_stops_the_export_naming_it(fake_model, tmp_path, monkeypatch, capsys, damage):
+    write_out_of_fold(fake_model, 0)
+    path = write_out_of_fold(fake_model, 1)
+    if damage == "not_csv":
+        write(path, b"sample,subject,dsc\n\"unterminated,\x00\xff\n" + os.urandom(64))
+    else:
+        table = pd.read_csv(path)
+        table = table.drop(columns="nsd") if damage == "missing_column" else table.assign(predicted_dsc=np.nan)
+        table.to_csv(path, index=False)
+    out = str(tmp_path / "model.zip")
+    with pytest.raises(CorruptCalibrationData, match=f"fold_1/{OUT_OF_FOLD_PREDICTIONS}"):
+        export_model_folder_to_zip(fake_model, out)
+    # with fold 0's predictions gone no calibration can be built, and fold 1's damaged file still stops the export
+    os.remove(join(fake_model, "fold_0", OUT_OF_FOLD_PREDICTIONS))
+    with pytest.raises(CorruptCalibrationData, match=f"fold_1/{OUT_OF_FOLD_PREDICTIONS}"):
+        export_model_folder_to_zip(fake_model, out)
+    code, err = export_cli(tmp_path, monkeypatch, capsys, out)
+    assert code == 1 and err.count("\n") == 1 and err.startswith("nnQC_export_model_to_zip: error: ")
+    assert join(fake_model, "fold_1", OUT_OF_FOLD_PREDICTIONS) in err
+    assert not os.path.exists(out) and not [f for f in os.listdir(tmp_path) if f.startswith(".")]
+    assert not os.path.exists(join(fake_model, "calibration.json"))  # nothing built from the damaged file
+
+
+@pytest.mark.parametrize("with_predictions", [False, True])
+@pytest.mark.parametrize("damage", ["not_json", "not_a_calibration", "truncated"])
+def test_a_damaged_calibration_json_stops_the_export_naming_it(fake_model, tmp_path, monkeypatch, capsys, damage,
+                                                              with_predictions):
+    if with_predictions:  # even where it could be rebuilt: the export does not replace a damaged file silently
+        for fold in (0, 1):
+            write_out_of_fold(fake_model, fold)
+    good = calibration_of_folds(tmp_path, [0, 1])
+    text = {"not_json": "{\"format_version\": 1, ", "not_a_calibration": '{"coverage": 0.9}',
+            "truncated": json.dumps({k: v for k, v in json.loads(good).items() if k != "conformal"})}[damage]
+    path = join(fake_model, "calibration.json")
+    write(path, text)
+    out = str(tmp_path / "model.zip")
+    with pytest.raises(CorruptCalibrationData, match="calibration.json"):
+        export_model_folder_to_zip(fake_model, out)
+    code, err = export_cli(tmp_path, monkeypatch, capsys, out)
+    assert code == 1 and err.count("\n") == 1 and f"error: {path}: " in err
+    assert not os.path.exists(out) and not [f for f in os.listdir(tmp_path) if f.startswith(".")]
+    with open(path) as f:
+        assert f.read() == text  # left as it was found
+    # with the damaged file gone, the same model exports
+    os.remove(path)
+    metadata = export_model_folder_to_zip(fake_model, out)
+    assert metadata["calibration"] == ("calibration.json" if with_predictions else None)
 
 
 def test_export_refuses_a_fold_without_its_checkpoint(fake_model, tmp_path):
@@ -138,6 +226,8 @@ def test_install_extracts_checked_files_and_refuses_to_overwrite(fake_model, tmp
     text = describe_model(metadata)
     assert "Dataset042_Tiny" in text and "fold 0: DSC r 0.910" in text and "fold 1: DSC r 0.870" in text
     assert "0: T1, 1: T1ce, 2: T2, 3: FLAIR" in text
+    metadata["validation"]["1"]["dsc"]["r"] = float("nan")  # a fold whose predictions were all one value
+    assert "fold 1: DSC r n/a" in describe_model(metadata)
 
     with pytest.raises(FileExistsError, match="--overwrite"):
         install_model_from_zip(archive, results)
@@ -252,8 +342,9 @@ def test_input_folder_check_leaves_single_cases_to_the_per_case_check(tmp_path):
 
 
 def run_module(module: str, env: dict, *args) -> subprocess.CompletedProcess:
+    """The module's command line; the timeout (far above its seconds) turns a hang into a failure."""
     return subprocess.run([sys.executable, "-m", module, *args], capture_output=True, text=True,
-                          env={**os.environ, **env})
+                          env={**os.environ, **env}, timeout=600)
 
 
 @pytest.fixture(scope="module")
@@ -295,9 +386,8 @@ def test_round_trip_predicts_identically_from_the_installed_model(trained_pipeli
     summary = load_json(join(trained_pipeline.results, "Dataset701_PhantomQC", f"{TRAINER}__nnQCPlans__3d_fullres",
                              "fold_0", "validation", "summary.json"))
     assert result.stdout.startswith(f"nnQC model Dataset701_PhantomQC: trainer {TRAINER}")
-    r = summary["dsc"]["r"]  # NaN when the tiny model's predictions are constant; shown as n/a then
-    shown = f"{r:.3f}" if isinstance(r, float) and r == r else "n/a"
-    assert f"fold 0: DSC r {shown}" in result.stdout
+    r = summary["dsc"]["r"]
+    assert np.isfinite(r) and f"fold 0: DSC r {r:.3f}" in result.stdout
 
     pd.testing.assert_frame_equal(pd.read_csv(join(original, "qc_summary.csv")),
                                   pd.read_csv(join(copy, "qc_summary.csv")), check_exact=True)

@@ -9,8 +9,14 @@ are predicted by the ensemble of those models, whose averaged prediction is usua
 fold's, so the pooled residuals tend to err on the wide side.
 
 The file records the folds and each source file's SHA-256, size and modification time; `load_or_build_calibration`
-rebuilds it when the folds asked for differ (a fold added) or any source file's content (SHA-256) changed (a
-fold retrained or validated again), so a calibration built from other folds or files is never used.
+rebuilds it when the folds asked for differ (a fold added) or any source file's content (size, SHA-256) changed (a
+fold retrained or validated again), so a calibration built from other folds or files is never used. The recorded
+modification time is information only: a file replaced with an older mtime still counts as changed, a touched one
+does not.
+
+Missing data (CalibrationDataMissing: a model trained before folds stored their out-of-fold predictions) and
+unusable data (CorruptCalibrationData: such a file, or calibration.json, exists but cannot be read or used) are
+told apart, so that a caller can go on without calibration in the first case and stop in the second.
 """
 from __future__ import annotations
 
@@ -47,6 +53,14 @@ class CalibrationError(ValueError):
     """Calibration data that cannot be used; the message names the file and says why."""
 
 
+class CalibrationDataMissing(CalibrationError):
+    """No out-of-fold predictions for a fold asked for: a model without calibration, not a broken one."""
+
+
+class CorruptCalibrationData(CalibrationError):
+    """An out-of-fold predictions file or calibration.json that exists but cannot be read or used."""
+
+
 def calibration_folds(model_folder: str) -> list[int]:
     """The cross-validation folds (numbers; never fold_all, which has no held-out data) with out-of-fold
     predictions."""
@@ -58,10 +72,14 @@ def calibration_folds(model_folder: str) -> list[int]:
 def _source_record(model_folder: str, fold: int) -> dict:
     path = join(model_folder, f"fold_{fold}", OUT_OF_FOLD_PREDICTIONS)
     if not isfile(path):
-        raise CalibrationError(f"{path} does not exist: run the final validation of fold {fold} "
-                               f"(nnQC_train ... {fold} --val) or calibrate without it")
-    stat = os.stat(path)
-    return {"file": f"fold_{fold}/{OUT_OF_FOLD_PREDICTIONS}", "sha256": file_sha256(path), "size": stat.st_size,
+        raise CalibrationDataMissing(f"{path} does not exist: run the final validation of fold {fold} "
+                                     f"(nnQC_train ... {fold} --val) or calibrate without it")
+    try:
+        stat = os.stat(path)
+        sha256 = file_sha256(path)
+    except OSError as e:
+        raise CorruptCalibrationData(f"{path}: cannot read it ({type(e).__name__}: {e.strerror or e})") from e
+    return {"file": f"fold_{fold}/{OUT_OF_FOLD_PREDICTIONS}", "sha256": sha256, "size": stat.st_size,
             "mtime": stat.st_mtime}
 
 
@@ -70,17 +88,18 @@ def read_out_of_fold_predictions(path: str) -> pd.DataFrame:
     try:
         table = pd.read_csv(path)
     except (OSError, ValueError) as e:  # pandas raises ValueError subclasses on malformed CSV
-        raise CalibrationError(f"{path}: cannot read it as CSV ({type(e).__name__}: {e})") from e
+        reason = " ".join(str(e).split())  # one line: pandas' parser messages end in a newline
+        raise CorruptCalibrationData(f"{path}: cannot read it as CSV ({type(e).__name__}: {reason})") from e
     missing = [c for c in REQUIRED_COLUMNS if c not in table.columns]
     if missing:
-        raise CalibrationError(f"{path}: missing column(s) {', '.join(missing)}")
+        raise CorruptCalibrationData(f"{path}: missing column(s) {', '.join(missing)}")
     if table.empty:
-        raise CalibrationError(f"{path}: holds no samples")
+        raise CorruptCalibrationData(f"{path}: holds no samples")
     for column in ("dsc", "nsd", "predicted_dsc", "predicted_nsd"):
         values = pd.to_numeric(table[column], errors="coerce").to_numpy(dtype=np.float64)
         bad = ~np.isfinite(values) | (values < 0) | (values > 1)
         if bad.any():
-            raise CalibrationError(f"{path}: column {column} has {int(bad.sum())} value(s) that are not numbers "
+            raise CorruptCalibrationData(f"{path}: column {column} has {int(bad.sum())} value(s) that are not numbers "
                                    f"in [0, 1] (first in sample {table['sample'].iloc[int(np.argmax(bad))]})")
         table[column] = values
     return table
@@ -104,7 +123,7 @@ def build_calibration(model_folder: str, folds: Sequence[int] | None = None,
     them), as the dict calibration.json holds; nothing is written."""
     folds = sorted(int(f) for f in (calibration_folds(model_folder) if folds is None else folds))
     if not folds:
-        raise CalibrationError(f"no fold_X/{OUT_OF_FOLD_PREDICTIONS} in {model_folder}: train a fold first")
+        raise CalibrationDataMissing(f"no fold_X/{OUT_OF_FOLD_PREDICTIONS} in {model_folder}: train a fold first")
     sources = [_source_record(model_folder, f) for f in folds]
     table = pd.concat([read_out_of_fold_predictions(join(model_folder, s["file"])).assign(fold=f)
                        for f, s in zip(folds, sources)], ignore_index=True)
@@ -161,26 +180,61 @@ def _is_current(calibration: dict, model_folder: str, folds: list[int]) -> bool:
         return False
     for source in built.get("sources", []):
         path = join(model_folder, source["file"])
-        if not isfile(path) or file_sha256(path) != source["sha256"]:
+        if not isfile(path) or os.path.getsize(path) != source.get("size", os.path.getsize(path)):
+            return False
+        if file_sha256(path) != source["sha256"]:
             return False
     return True
+
+
+def read_calibration_file(path: str) -> dict:
+    """calibration.json, checked to be one this nnQC can use; CorruptCalibrationData naming the file otherwise
+    (so that a damaged file is reported, not taken for a model without calibration)."""
+    try:
+        calibration = load_json(path)
+    except (OSError, ValueError) as e:  # ValueError: not JSON, or not UTF-8
+        reason = " ".join(str(e).split())
+        raise CorruptCalibrationData(f"{path}: cannot read it as JSON ({type(e).__name__}: {reason})") from e
+    if not isinstance(calibration, dict):
+        raise CorruptCalibrationData(f"{path}: not a calibration (a JSON {type(calibration).__name__})")
+    if calibration.get("format_version") != FORMAT_VERSION:
+        raise CorruptCalibrationData(f"{path}: format_version {calibration.get('format_version')!r}, this nnQC "
+                                     f"reads {FORMAT_VERSION}")
+    try:
+        folds = calibration["built_from"]["folds"]
+        if not isinstance(folds, list) or not all(isinstance(f, int) for f in folds):
+            raise TypeError(f"built_from.folds is {folds!r}")
+        Calibration(calibration)
+    except (KeyError, TypeError, ValueError, IndexError, AttributeError) as e:
+        raise CorruptCalibrationData(f"{path}: incomplete or damaged ({type(e).__name__}: {e})") from e
+    return calibration
 
 
 def load_or_build_calibration(model_folder: str, folds: Sequence[int] | None = None,
                               min_samples_per_bin: int = MIN_SAMPLES_PER_BIN) -> dict:
     """calibration.json of the model folder for exactly these folds (default: all with out-of-fold
     predictions), rebuilt and saved (atomically) when it is missing or was built from other folds or files.
-    A model folder that cannot be written gets the calibration in memory, with "saved": False."""
+    A model folder that cannot be written gets the calibration in memory, with "saved": False.
+
+    A damaged calibration.json is rebuilt when the out-of-fold predictions are there (it is derived from them);
+    without them its CorruptCalibrationData is raised rather than CalibrationDataMissing, so that the damage is
+    what a caller reports."""
     folds = sorted(int(f) for f in (calibration_folds(model_folder) if folds is None else folds))
     path = join(model_folder, CALIBRATION_FILE)
+    damaged = None
     if isfile(path):
         try:
-            calibration = load_json(path)
-        except ValueError:
-            calibration = None  # unreadable: rebuilt below
+            calibration = read_calibration_file(path)
+        except CorruptCalibrationData as e:
+            calibration, damaged = None, e
         if calibration is not None and folds and _is_current(calibration, model_folder, folds):
             return calibration
-    calibration = build_calibration(model_folder, folds, min_samples_per_bin)
+    try:
+        calibration = build_calibration(model_folder, folds, min_samples_per_bin)
+    except CalibrationDataMissing as missing:
+        if damaged is not None:
+            raise CorruptCalibrationData(f"{damaged}; it cannot be rebuilt: {missing}") from missing
+        raise
     try:
         write_json_atomically(path, calibration)
     except OSError:

@@ -5,6 +5,10 @@ training_range.json, calibration.json when the model has one, and nnqc_model.jso
 validation figures, every file's SHA-256). Training logs, progress.png and the validation predictions only when
 asked; the fingerprint and checkpoint_latest.pth never (unless named with -chk). Paths inside the archive are
 relative to nnUNet_results, as nnU-Net's exporter writes them.
+
+A model without out-of-fold predictions (trained before folds stored them) is exported as it is, and the export
+says so; an out-of-fold predictions file or calibration.json that exists but cannot be used stops the export
+(CorruptCalibrationData naming the file), so that a damaged or outdated calibration is never shipped silently.
 """
 from __future__ import annotations
 
@@ -17,7 +21,14 @@ import zipfile
 from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, subfiles
 
 from nnqc.atomic_files import file_sha256, replace_atomically
-from nnqc.calibration.calibration_file import CalibrationError, calibration_folds, load_or_build_calibration
+from nnqc.calibration.calibration_file import (
+    OUT_OF_FOLD_PREDICTIONS,
+    CorruptCalibrationData,
+    calibration_folds,
+    load_or_build_calibration,
+    read_calibration_file,
+    read_out_of_fold_predictions,
+)
 from nnqc.calibration.fold_coverage import TRAINING_RANGE_FILE
 from nnqc.experiment_planning.plan_and_preprocess import DEFAULT_PLANS_NAME as PLANS_IDENTIFIER
 from nnqc.model_sharing.model_metadata import (
@@ -60,14 +71,38 @@ def files_to_export(model_folder: str, folds: list[int | str], checkpoints: list
     return files
 
 
-def _refresh_calibration(model_folder: str, folds: list[int | str]) -> None:
+def _fold_list(folds) -> str:
+    return ", ".join(str(f) for f in folds)
+
+
+def _refresh_calibration(model_folder: str, folds: list[int | str]) -> str:
     """calibration.json built for exactly the exported folds when their out-of-fold predictions are here, so that
-    the installed model, which gets calibration.json but not the predictions, calibrates as the original does."""
+    the installed model, which gets calibration.json but not the predictions, calibrates as the original does.
+    Returns one line saying what the export ships; raises CorruptCalibrationData for a file that exists but
+    cannot be used (the export stops before writing anything)."""
     numeric = calibration_folds(model_folder) if "all" in folds else sorted(int(f) for f in folds)
+    path = join(model_folder, CALIBRATION_FILE)
     try:
-        load_or_build_calibration(model_folder, numeric)
-    except CalibrationError:
-        pass  # no out-of-fold predictions (a model trained before they were stored): exported as it is
+        existing = read_calibration_file(path) if isfile(path) else None
+    except CorruptCalibrationData as e:
+        raise CorruptCalibrationData(f"{e}; nothing exported (delete it to export without it, or to rebuild it "
+                                     f"from the out-of-fold predictions)") from e
+    present = [f for f in numeric if isfile(join(model_folder, fold_folder(f), OUT_OF_FOLD_PREDICTIONS))]
+    if numeric and present == numeric:
+        calibration = load_or_build_calibration(model_folder, numeric)
+        return (f"calibration.json from the out-of-fold predictions of fold(s) {_fold_list(numeric)} "
+                f"({calibration['num_samples']} samples)")
+    for fold in present:  # a damaged file stops the export even where the calibration cannot be built
+        read_out_of_fold_predictions(join(model_folder, fold_folder(fold), OUT_OF_FOLD_PREDICTIONS))
+    missing = [f for f in numeric if f not in present] or folds
+    reason = f"no out-of-fold predictions (fold_X/{OUT_OF_FOLD_PREDICTIONS}) for fold(s) {_fold_list(missing)}"
+    if existing is None:
+        return f"none: {reason}; the installed model predicts without intervals"
+    built_from = existing["built_from"]["folds"]
+    if built_from == numeric:
+        return f"calibration.json as it is (built from fold(s) {_fold_list(built_from)}; {reason} here)"
+    return (f"calibration.json as it is, built from fold(s) {_fold_list(built_from)}: nnQC_predict does not use it "
+            f"for the exported fold(s) ({reason})")
 
 
 def export_model_folder_to_zip(model_folder: str, output_file: str, folds=None,
@@ -81,7 +116,7 @@ def export_model_folder_to_zip(model_folder: str, output_file: str, folds=None,
     folds = parse_folds(folds) if folds is not None else available_folds(model_folder, checkpoints)
     if not folds:
         raise FileNotFoundError(f"no fold_X/{' and '.join(checkpoints)} in {model_folder}")
-    _refresh_calibration(model_folder, folds)
+    calibration_note = _refresh_calibration(model_folder, folds)
     metadata = build_model_metadata(model_folder, folds, checkpoints)
     if None in (metadata["trainer"], metadata["configuration"]):
         raise ValueError(f"{model_folder} is not named TRAINER__PLANS__CONFIGURATION as nnU-Net names model folders")
@@ -105,6 +140,7 @@ def export_model_folder_to_zip(model_folder: str, output_file: str, folds=None,
     if not isdir(output_folder):
         raise FileNotFoundError(f"the folder of the output file {output_file} does not exist")
     replace_atomically(output_file, write)
+    print(f"calibration: {calibration_note}")
     return metadata
 
 

@@ -5,6 +5,7 @@ import argparse
 import os
 import sys
 
+from nnqc.error_messages import one_line
 from nnqc.model_sharing.export import export_model_to_zip
 from nnqc.model_sharing.model_metadata import DEFAULT_CHECKPOINT, describe_model
 from nnqc.run.train import PLANS_IDENTIFIER
@@ -30,8 +31,8 @@ def export_model_to_zip_entry() -> None:
     try:
         metadata = export_model_to_zip(args.d, args.o, args.c, args.tr, args.p, args.f, args.chk,
                                        args.training_logs, args.validation_predictions)
-    except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:
-        print(f"nnQC_export_model_to_zip: error: {e}", file=sys.stderr)
+    except (FileNotFoundError, ValueError, RuntimeError, OSError) as e:  # CorruptCalibrationData is a ValueError
+        print(f"nnQC_export_model_to_zip: error: {one_line(e)}", file=sys.stderr)
         sys.exit(1)
     size = os.path.getsize(args.o)
     print(describe_model(metadata))
