@@ -1,9 +1,14 @@
-"""A tiny trained nnQC pipeline shared by the training, prediction and evaluation tests.
+"""A tiny trained nnQC pipeline shared by the training, prediction and evaluation tests, and time limits.
 
 Built once per test session in a temporary folder: phantom source dataset -> nnQC_convert ->
 plan and preprocess -> two folds of nnQCTrainer_2epochs on CPU.
+
+Every test's setup and call run under a time limit (DEFAULT_TIME_LIMIT_S, or @pytest.mark.time_limit(seconds)
+for tests of code that must not hang), so that a hang fails the test that hangs instead of stopping the suite.
 """
 import os
+import signal
+import time
 from dataclasses import dataclass
 
 import numpy as np
@@ -13,6 +18,52 @@ from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor impo
 
 SOURCE_ID, QC_ID = 700, 701
 TRAINER = "nnQCTrainer_2epochs"
+# far above any test's time on 2 shared cores (the slowest setup, the trained pipeline, takes about 2 minutes):
+# a limit for hangs, not a timing assertion
+DEFAULT_TIME_LIMIT_S = 1200
+
+
+def pytest_configure(config) -> None:
+    config.addinivalue_line("markers", "time_limit(seconds): fail the test when its setup or call runs longer "
+                                       f"(default {DEFAULT_TIME_LIMIT_S} s)")
+
+
+def _time_limit(item) -> float:
+    marker = item.get_closest_marker("time_limit")
+    return float(marker.args[0]) if marker is not None else DEFAULT_TIME_LIMIT_S
+
+
+def run_with_time_limit(item, phase: str):
+    """Fail the phase from a SIGALRM handler when it outlives the limit; blocking waits (locks, pipes, process
+    joins) are interrupted by the signal. Where SIGALRM does not exist (Windows), nothing is limited."""
+    if not hasattr(signal, "setitimer"):
+        yield
+        return
+    seconds = _time_limit(item)
+
+    def expire(signum, frame):
+        pytest.fail(f"{item.nodeid}: {phase} still running after {seconds:g} s (a hang?)", pytrace=True)
+
+    previous = signal.signal(signal.SIGALRM, expire)
+    start = time.monotonic()
+    outer, _ = signal.setitimer(signal.ITIMER_REAL, seconds)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+        if outer > 0:  # a limit around this one (nested use) keeps running
+            signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - start), 1e-3))
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_setup(item):
+    yield from run_with_time_limit(item, "setup")
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_call(item):
+    yield from run_with_time_limit(item, "call")
 
 
 class SmallSampleFingerprintExtractor(DatasetFingerprintExtractor):

@@ -1,6 +1,7 @@
 """nnQC_convert: QC dataset layout, targets, determinism, sharding, resume after SIGKILL, bad input, verify."""
 import json
 import os
+import select
 import shutil
 import signal
 import subprocess
@@ -269,31 +270,75 @@ def test_two_processes_and_two_parts_equal_one_run(env):
     _assert_same_dataset(rerun.folder, env.reference.folder)
 
 
+# nnQC_convert, made to stop before the sample after the first KILL_AFTER and say so on stdout: the test kills it
+# in a known state (KILL_AFTER progress records written and flushed, the conversion unfinished), not after a time
+KILL_AFTER = 5
+KILL_READY = "test: conversion stopped for the kill"
+STOPPING_CONVERT = f"""
+import signal, sys
+from nnqc.qc_data import conversion
+from nnqc.run.convert import convert_entry
+
+made = 0
+make_sample = conversion.process_sample
+
+
+def stop_before_the_next(spec):
+    global made
+    if made == {KILL_AFTER}:  # -np 1: every earlier sample's record is in the progress file
+        print({KILL_READY!r}, flush=True)
+        while True:
+            signal.pause()
+    made += 1
+    return make_sample(spec)
+
+
+conversion.process_sample = stop_before_the_next
+sys.argv[0] = "nnQC_convert"
+convert_entry()
+"""
+KILL_READY_WAIT_S = 300  # bounds the wait for the state, on a slow machine; the kill itself waits for no time
+
+
+def _wait_for_line(process: subprocess.Popen, line: str, timeout_s: float) -> None:
+    """Read the process's stdout until `line`; fail clearly when it exits first or nothing comes in time."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        ready, _, _ = select.select([process.stdout], [], [], max(0.0, deadline - time.monotonic()))
+        if not ready:
+            pytest.fail(f"the conversion did not reach {KILL_AFTER} recorded samples within {timeout_s} s")
+        got = process.stdout.readline()
+        if not got:
+            pytest.fail(f"the conversion exited (code {process.wait()}) before {KILL_AFTER} samples were recorded")
+        if got.strip() == line:
+            return
+
+
 def test_resume_after_sigkill_equals_clean_run(env):
     tags = ["preds-ep10", "other"]
-    command = [sys.executable, "-m", "nnqc.run.convert", "-s", str(SOURCE_ID), "-d", "104", "--candidates",
-               *env.externals, "--candidate_tags", *tags, "--seggen", str(OPTIONS["num_seggen"]),
-               "--degradations", str(OPTIONS["num_degradations"]), "--seed", str(OPTIONS["seed"]), "-np", "1"]
+    arguments = ["-s", str(SOURCE_ID), "-d", "104", "--candidates", *env.externals, "--candidate_tags", *tags,
+                 "--seggen", str(OPTIONS["num_seggen"]), "--degradations", str(OPTIONS["num_degradations"]),
+                 "--seed", str(OPTIONS["seed"]), "-np", "1"]
+    command = [sys.executable, "-m", "nnqc.run.convert", *arguments]
     environment = dict(os.environ, PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     folder = os.path.join(os.environ["nnUNet_raw"], "Dataset104_PhantomQC")
     records = progress_file(folder, 1, 0)
-    process = subprocess.Popen(command, env=environment, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                               cwd=REPO_ROOT, start_new_session=True)
+    process = subprocess.Popen([sys.executable, "-c", STOPPING_CONVERT, *arguments], env=environment,
+                               stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True, cwd=REPO_ROOT,
+                               start_new_session=True)
     try:
-        deadline = time.time() + 60
-        while time.time() < deadline and process.poll() is None:
-            if os.path.isfile(records):
-                with open(records) as f:
-                    if f.read().count("\n") >= 5:
-                        break
-            time.sleep(0.01)
-        assert process.poll() is None, "the conversion finished before it could be killed"
-        os.killpg(process.pid, signal.SIGKILL)
+        _wait_for_line(process, KILL_READY, KILL_READY_WAIT_S)
+        assert process.poll() is None
     finally:
+        try:
+            os.killpg(process.pid, signal.SIGKILL)
+        except ProcessLookupError:  # it exited on its own: _wait_for_line has failed the test
+            pass
         process.wait()
+        process.stdout.close()
+    assert process.returncode == -signal.SIGKILL
     assert not os.path.exists(os.path.join(folder, TARGETS_CSV))
-    done = len(open(records).read().splitlines())
-    assert 5 <= done < env.reference.num_samples
+    assert len(open(records).read().splitlines()) == KILL_AFTER < env.reference.num_samples
     # a record as an nnQC before the labels column wrote it: its sample is made again
     lines = open(records).read().splitlines()
     older = json.loads(lines[0])

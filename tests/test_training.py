@@ -19,8 +19,10 @@ from nnqc.training.lr_schedule import ExponentialDecayLR
 from nnqc.training.qc_inputs import network_input, sem_targets
 from nnqc.training.transforms import qc_training_transforms
 from nnqc_trainers.nnQCTrainer_ModalityDropout import drop_channels
+from nnqc_trainers.nnQCTrainer_schedules import nnQCTrainer_2epochs
 
 REGIONS = [(1, 2, 3), (2, 3), (3,)]
+TEST_LR = nnQCTrainer_2epochs.hyperparameters["initial_lr"]
 
 
 def fold_folder(pipeline, fold, trainer=TRAINER):
@@ -35,23 +37,18 @@ def test_training_writes_checkpoints_logs_and_validation(pipeline_env):
     checkpoint = torch.load(join(folder, "checkpoint_final.pth"), map_location="cpu", weights_only=False)
     assert checkpoint["current_epoch"] == 2 and checkpoint["trainer_name"] == TRAINER
     log = checkpoint["logging"]
-    # checkpoint_best holds the epoch of the best finite validation DSC r. After 2 epochs of 4 iterations the
-    # network may predict values outside [0, 1] for every validation sample: clamped to one value, r is undefined
-    # in every epoch, and then no checkpoint_best is written and the log says so.
-    finite = [r for r in log["val_dsc_r"] if np.isfinite(r)]
-    best_file = join(folder, "checkpoint_best.pth")
-    if finite:
-        best = torch.load(best_file, map_location="cpu", weights_only=False)
-        assert best["_best_ema"] == max(finite)
-        assert best["current_epoch"] == log["val_dsc_r"].index(max(finite)) + 1  # nnU-Net stores epochs done
-    else:
-        assert not os.path.exists(best_file)
-        logs = [join(folder, name) for name in os.listdir(folder) if name.startswith("training_log")]
-        text = "".join(open(name).read() for name in logs)
-        assert "no checkpoint_best.pth was written" in text
-    assert len(log["val_dsc_r"]) == 2 and len(log["train_losses"]) == 2 and len(log["lrs"]) == 2
-    assert log["lrs"][1] == pytest.approx(2.1e-4 * 0.9)  # paper schedule: x 0.9 per epoch
+    # the test trainer starts from a fixed point inside [0, 1] (nnQCTrainer_2epochs): its validation r is finite in
+    # every epoch, and checkpoint_best holds the epoch of the best one (the run where r is never finite:
+    # test_a_run_whose_r_is_never_finite_writes_no_checkpoint_best_and_says_so)
+    assert len(log["val_dsc_r"]) == 2 and np.isfinite(log["val_dsc_r"]).all() and np.isfinite(log["val_nsd_r"]).all()
+    best = torch.load(join(folder, "checkpoint_best.pth"), map_location="cpu", weights_only=False)
+    assert best["_best_ema"] == max(log["val_dsc_r"])
+    assert best["current_epoch"] == log["val_dsc_r"].index(max(log["val_dsc_r"])) + 1  # nnU-Net stores epochs done
+    assert len(log["train_losses"]) == 2 and len(log["lrs"]) == 2
+    assert log["lrs"] == pytest.approx([TEST_LR, TEST_LR * 0.9])  # the paper's schedule: x 0.9 per epoch
     summary = load_json(join(folder, "validation", "summary.json"))
+    for key in ("dsc", "nsd"):
+        assert np.isfinite(summary[key]["r"]) and np.isfinite(summary["all_samples"][key]["r"]), key
     predictions = pd.read_csv(join(folder, "validation", "qc_predictions.csv"), dtype={"subject": str})
     assert summary["num_samples"] == len(predictions) > 0
     assert set(summary["dsc"]) == {"r", "mae", "mae_sd", "n"}
@@ -129,7 +126,7 @@ def test_continue_training_resumes_where_it_stopped(pipeline_env, tmp_path, monk
     assert checkpoint["current_epoch"] == 3
     assert len(checkpoint["logging"]["train_losses"]) == 3
     # resuming restored the learning rate schedule, not restarted it
-    assert checkpoint["logging"]["lrs"][2] == pytest.approx(2.1e-4 * 0.9 ** 2)
+    assert checkpoint["logging"]["lrs"][2] == pytest.approx(TEST_LR * 0.9 ** 2)
 
 
 def test_training_subjects_and_batches(pipeline_env):
@@ -262,6 +259,26 @@ def _log_epoch(trainer, epoch, dsc_r, dsc_sem):
         trainer.logger.log(key, value, epoch)
 
 
+def test_a_run_whose_r_is_never_finite_writes_no_checkpoint_best_and_says_so(pipeline_env, tmp_path, monkeypatch):
+    """What a barely trained network that predicts outside [0, 1] for every validation sample leaves: its clamped
+    predictions are one value, r is NaN in every epoch."""
+    from nnqc.run.train import get_trainer
+
+    monkeypatch.setenv("nnUNet_results", str(tmp_path))
+    trainer = get_trainer(QC_ID, "3d_fullres", 0, TRAINER, device=torch.device("cpu"))
+    trainer.initialize()
+    for epoch in range(trainer.num_epochs):
+        trainer.current_epoch = epoch
+        _log_epoch(trainer, epoch, float("nan"), 0.5)
+        trainer.on_epoch_end()
+    trainer.on_train_end()
+    assert os.path.isfile(join(trainer.output_folder, "checkpoint_final.pth"))
+    assert not os.path.exists(join(trainer.output_folder, "checkpoint_best.pth"))
+    text = "".join(open(join(trainer.output_folder, name)).read() for name in os.listdir(trainer.output_folder)
+                   if name.startswith("training_log"))
+    assert "val_dsc_r was never finite, so no checkpoint_best.pth was written" in text
+
+
 @pytest.mark.parametrize("trainer_name, metric", [("nnQCTrainer", "r"), ("nnQCTrainer_NoRegression", "sem")])
 def test_checkpoint_best_follows_one_metric_and_nan_never_wins(pipeline_env, tmp_path, monkeypatch, trainer_name,
                                                                metric):
@@ -295,6 +312,7 @@ def test_default_epoch_is_one_pass_over_the_balanced_training_samples(pipeline_e
         trainer.get_dataloaders()
         lengths[name] = trainer.num_iterations_per_epoch
         assert trainer.num_epochs == 100 or name == "nnQCTrainer_CPUDemo"
+        assert trainer.initial_lr == 2.1e-4  # the paper's (the tests' tiny model starts lower)
     train_subjects, _ = trainer.do_split()
     targets = pd.read_csv(join(pipeline_env.preprocessed, f"Dataset{QC_ID}_PhantomQC", "qc_targets.csv"),
                           dtype={"subject": str})
