@@ -27,9 +27,9 @@ from torch.nn import functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
 from nnqc.cpu_features import cpu_has_native_bf16
-from nnqc.network_architecture import import_object
 from nnqc.network_architecture.blocks import ECA
 from nnqc.network_architecture.qcresunet import AttentionSEMAggregation, RegressionHead
+from nnqc.trusted_classes import import_object
 
 MODELS = ("QCResUNet", "QCResUNetNoAttention", "QCResUNetNoRegression", "ResNet34Regressor", "ResNet50Regressor",
           "UNetRegressor")

@@ -30,6 +30,7 @@ from torch.nn.parallel import DistributedDataParallel
 
 from nnqc.atomic_files import replace_atomically, write_json_atomically
 from nnqc.calibration.fold_coverage import write_fold_coverage
+from nnqc.checkpoint_files import load_checkpoint
 from nnqc.cpu_features import OVERRIDE_VARIABLE, cpu_has_native_bf16
 from nnqc.evaluation.qc_metrics import regression_summary, sem_dice_summary
 from nnqc.metrics.regions import get_regions
@@ -38,13 +39,23 @@ from nnqc.preprocessing.preprocessor import nnQCPlansManager
 from nnqc.qc_data.targets_table import read_targets
 from nnqc.sampling import balanced_subset
 from nnqc.training.cpu_bf16 import instance_norms_in_fp32
-from nnqc.training.data_loader import iterate_batches, nnQCDataLoader
+from nnqc.training.data_loader import iterate_batches, nnQCDataLoader, nnQCValidationLoader
+from nnqc.training.loader_memory import (
+    LoaderPlan,
+    batch_bytes,
+    memory_available_bytes,
+    nnunet_defaults,
+    plan_loader,
+    shm_free_bytes,
+)
 from nnqc.training.logger import nnQCLocalLogger
 from nnqc.training.loss import QCLoss
 from nnqc.training.lr_schedule import ExponentialDecayLR
+from nnqc.training.precision import StepPrecision, step_precision
 from nnqc.training.qc_inputs import network_input, sem_targets
 from nnqc.training.transforms import qc_training_transforms
 from nnqc.training.validation_shards import PADDING_COLUMN, drop_padding, shard_for_rank
+from nnqc.trusted_classes import import_object
 
 # qc_predictions_all.csv: every validation sample of the fold, in its natural distribution (out-of-fold
 # predictions for calibration); per-region true DSC and DSC_SEM columns follow these
@@ -69,7 +80,8 @@ class nnQCTrainer(nnUNetTrainer):
 
     On a CPU with native bf16 (AMX or AVX-512 BF16, detected at run time) the network runs under bf16 autocast,
     its instance norms in fp32; `cpu_bf16_autocast = False` (a hyperparameter, or nnQC_train --fp32) or
-    NNQC_CPU_BF16=0 keeps it all in fp32. The loss is always computed in fp32."""
+    NNQC_CPU_BF16=0 keeps it all in fp32. On CUDA it runs under fp16 autocast with a gradient scaler (nnU-Net's
+    way) unless `cuda_mixed_precision = False` (or nnQC_train --fp32). The loss is always computed in fp32."""
 
     network_class_name: str | None = None  # None: the network the plans name
     network_kwargs_overrides: dict = {}
@@ -97,6 +109,7 @@ class nnQCTrainer(nnUNetTrainer):
         self.enable_deep_supervision = False
         self.save_every = 1
         self.cpu_bf16_autocast = True  # where the CPU has native bf16
+        self.cuda_mixed_precision = True  # fp16 autocast + gradient scaler on CUDA (False: fp32, see --fp32)
         # plans classes that resolve reader, resampling and normalization from explicit tables, not by name
         self.plans_manager = nnQCPlansManager(self.plans_manager.plans)
         self.configuration_manager = self.plans_manager.get_configuration(configuration)
@@ -107,14 +120,17 @@ class nnQCTrainer(nnUNetTrainer):
             if not hasattr(self, name):
                 raise AttributeError(f"{type(self).__name__}.hyperparameters sets unknown attribute {name!r}")
             setattr(self, name, value)
+        if not self.step_precision().grad_scaler:
+            self.grad_scaler = None  # nnU-Net creates one for every CUDA trainer
 
     # ---- network, loss, optimiser, precision ---------------------------------------------------------------------
     @classmethod
     def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
                                    num_input_channels: int, num_output_channels: int,
                                    enable_deep_supervision: bool = False) -> nn.Module:
-        """The plans' network (or this trainer's replacement), built by explicit import."""
-        return build_network(cls.network_class_name or configuration_manager.network_arch_class_name,
+        """The plans' network (allow-listed: see nnqc.trusted_classes), or the one this trainer's code names."""
+        return build_network(import_object(cls.network_class_name) if cls.network_class_name
+                             else configuration_manager.network_arch_class_name,
                              configuration_manager.network_arch_init_kwargs,
                              configuration_manager.network_arch_init_kwargs_req_import,
                              **cls.network_kwargs_overrides)
@@ -161,9 +177,19 @@ class nnQCTrainer(nnUNetTrainer):
         """bf16 autocast on the CPU: asked for, on a CPU device, and the CPU computes bf16 natively."""
         return self.cpu_bf16_autocast and self.device.type == "cpu" and cpu_has_native_bf16()
 
+    def step_precision(self) -> StepPrecision:
+        """Autocast and loss scaling of a step on this device with this trainer's settings."""
+        return step_precision(self.device.type, self.cuda_mixed_precision, self.uses_cpu_bf16())
+
+    def active_grad_scaler(self):
+        """The gradient scaler a training step uses: none unless this step runs under fp16 autocast (an attribute
+        set after __init__, e.g. by nnQC_train --fp32, turns it off too)."""
+        return self.grad_scaler if self.step_precision().grad_scaler else None
+
     def precision_description(self) -> str:
         if self.device.type == "cuda":
-            return "mixed precision (fp16 autocast, loss in fp32)"
+            return ("mixed precision (fp16 autocast, loss in fp32)" if self.cuda_mixed_precision
+                    else "fp32 (cuda_mixed_precision = False / --fp32)")
         if self.uses_cpu_bf16():
             return (f"bf16 autocast on this CPU's native bf16 (instance norms and loss in fp32; "
                     f"cpu_bf16_autocast = False or {OVERRIDE_VARIABLE}=0 for fp32)")
@@ -174,11 +200,10 @@ class nnQCTrainer(nnUNetTrainer):
         return "fp32"
 
     def _autocast(self):
-        if self.device.type == "cuda":
-            return autocast("cuda", enabled=True)
-        if self.uses_cpu_bf16():
-            return autocast("cpu", dtype=torch.bfloat16)
-        return dummy_context()
+        precision = self.step_precision()
+        if precision.autocast_device is None:
+            return dummy_context()
+        return autocast(precision.autocast_device, dtype=precision.autocast_dtype)
 
     # ---- data ---------------------------------------------------------------------------------------------------
     def _samples_of(self, subjects) -> pd.DataFrame:
@@ -233,12 +258,6 @@ class nnQCTrainer(nnUNetTrainer):
                 f"one epoch = one pass over the fold's {len(balanced_subset(training_samples['dsc'].to_numpy()))} "
                 f"balanced training samples (of {len(training_samples)}): {self.num_iterations_per_epoch} "
                 f"iterations of batch {self.configuration_manager.batch_size}")
-        n_proc = get_allowed_n_proc_DA()
-        if n_proc == 0:
-            train = SingleThreadedAugmenter(loader, None)
-        else:
-            train = NonDetMultiThreadedAugmenter(loader, None, n_proc, num_cached=max(6, n_proc // 2), seeds=None,
-                                                 pin_memory=self.device.type == "cuda", wait_time=0.002)
         # a fixed subset of the balanced validation set, the same every epoch
         val_samples = self.balanced_validation_samples()
         if len(val_samples) > self.num_val_samples_per_epoch:
@@ -248,14 +267,40 @@ class nnQCTrainer(nnUNetTrainer):
         batch_size = self._validation_batch_size()
         # equal on every rank: the shares are padded to one length
         self.num_val_iterations_per_epoch = math.ceil(len(val_samples) / batch_size)
-        dataset_val = self.dataset_class(self.preprocessed_dataset_folder, val_keys)
+        val_loader = nnQCValidationLoader(self.dataset_class(self.preprocessed_dataset_folder, val_keys), val_samples,
+                                          self.preprocessed_dataset_folder, batch_size, patch_size)
+        plan = self.loader_plan()
+        if plan is None:
+            return SingleThreadedAugmenter(loader, None), SingleThreadedAugmenter(val_loader, None)
+        pin = self.device.type == "cuda"
+        train = NonDetMultiThreadedAugmenter(loader, None, plan.train_workers, num_cached=plan.train_cached,
+                                             seeds=None, pin_memory=pin, wait_time=0.002)
+        # one worker: its batches arrive in the order the main process would load them (see nnQCValidationLoader)
+        val = NonDetMultiThreadedAugmenter(val_loader, None, plan.val_workers, num_cached=plan.val_cached, seeds=None,
+                                           pin_memory=pin, wait_time=0.002)
+        return train, val
 
-        def validation_batches():
-            while True:
-                yield from iterate_batches(dataset_val, val_samples, self.preprocessed_dataset_folder, batch_size,
-                                           patch_size)
-
-        return train, validation_batches()
+    def loader_plan(self) -> LoaderPlan | None:
+        """Background workers and queue depths for whole-case batches, bounded by cores (nnU-Net's
+        get_allowed_n_proc_DA) and by the shared and host memory they need (nnqc.training.loader_memory); None for
+        loading in the main process (nnUNet_n_proc_DA=0). Raises LoaderMemoryError, before any worker starts,
+        where not even one fits."""
+        n_proc = get_allowed_n_proc_DA()
+        if n_proc == 0:
+            return None
+        batch = batch_bytes(self.batch_size, self.configuration_manager.patch_size,
+                            len(self.dataset_json["channel_names"]))
+        pin = self.device.type == "cuda"
+        full = nnunet_defaults(n_proc)
+        plan = plan_loader(batch, n_proc, shm_free_bytes(), memory_available_bytes(), pin, validation_workers=1)
+        self.print_to_log_file(
+            f"data loading: batches of {batch / 1e9:.3f} GB; {plan.train_workers} training workers (queue "
+            f"{plan.train_cached}) and {plan.val_workers} validation worker(s) (queue {plan.val_cached}) need "
+            f"{plan.shm_bytes / 1e9:.2f} GB of shared memory and {plan.host_bytes / 1e9:.2f} GB of host memory")
+        if (plan.train_workers, plan.train_cached) != (n_proc, full[0]):
+            self.print_to_log_file(f"data loading: fewer workers or shorter queues than the {n_proc} workers (queue "
+                                   f"{full[0]}) the cores allow, to fit in the free shared and host memory")
+        return plan
 
     def record_training_coverage(self, subjects, training_samples: pd.DataFrame) -> None:
         """fold_X/training_range.json: the labels and image intensities this fold trains on, which nnQC_predict
@@ -294,12 +339,13 @@ class nnQCTrainer(nnUNetTrainer):
         x, quality, sem_target = self._inputs(batch, train=True)
         regression, sem_logits = self._run_network(self.network, x)
         loss = self.loss(regression, sem_logits, quality, sem_target)["loss"]
-        if self.grad_scaler is not None:
-            self.grad_scaler.scale(loss).backward()
-            self.grad_scaler.unscale_(self.optimizer)
+        scaler = self.active_grad_scaler()
+        if scaler is not None:
+            scaler.scale(loss).backward()
+            scaler.unscale_(self.optimizer)
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
-            self.grad_scaler.step(self.optimizer)
-            self.grad_scaler.update()
+            scaler.step(self.optimizer)
+            scaler.update()
         else:
             loss.backward()
             torch.nn.utils.clip_grad_norm_(self.network.parameters(), self.grad_clip)
@@ -387,7 +433,26 @@ class nnQCTrainer(nnUNetTrainer):
                                    f"checkpoint_best.pth was written; use checkpoint_final.pth")
 
     def load_checkpoint(self, filename_or_checkpoint) -> None:
-        super().load_checkpoint(filename_or_checkpoint)
+        """Restore what nnU-Net's save_checkpoint stored, reading a file as data only (nnqc.checkpoint_files);
+        nnU-Net's own load_checkpoint unpickles with weights_only=False and accepts only a file name."""
+        if not self.was_initialized:
+            self.initialize()
+        checkpoint = (load_checkpoint(filename_or_checkpoint, self.device)
+                      if isinstance(filename_or_checkpoint, str) else filename_or_checkpoint)
+        network = self._unwrapped_network()
+        network = getattr(network, "_orig_mod", network)  # a torch.compile'd network holds the module inside
+        own_keys = network.state_dict().keys()
+        network.load_state_dict({key[len("module."):] if key not in own_keys and key.startswith("module.") else key:
+                                 value for key, value in checkpoint["network_weights"].items()})
+        self.my_init_kwargs = checkpoint["init_args"]
+        self.current_epoch = checkpoint["current_epoch"]
+        self.logger.load_checkpoint(checkpoint["logging"])
+        self._best_ema = checkpoint["_best_ema"]
+        self.inference_allowed_mirroring_axes = checkpoint.get("inference_allowed_mirroring_axes",
+                                                               self.inference_allowed_mirroring_axes)
+        self.optimizer.load_state_dict(checkpoint["optimizer_state"])
+        if self.grad_scaler is not None and checkpoint["grad_scaler_state"] is not None:
+            self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
         self._best_score = self._best_ema
 
     # ---- final validation ---------------------------------------------------------------------------------------

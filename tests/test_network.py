@@ -14,6 +14,7 @@ from nnqc.network_architecture import (
     build_network,
 )
 from nnqc.network_architecture.qcresunet import AttentionSEMAggregation
+from nnqc.trusted_classes import UntrustedClassError
 
 BRAIN = dict(input_channels=7, num_regions=3)
 ISO = [[2, 2, 2]] * 5
@@ -168,7 +169,7 @@ def test_build_network_from_plans_entry():
     swapped = build_network("nnqc.network_architecture.baselines.ResNet34Regressor", arch["arch_kwargs"],
                             arch["_kw_requires_import"])
     assert isinstance(swapped, ResNet34Regressor)
-    with pytest.raises(ImportError, match="nnqc.nothing.Here"):
+    with pytest.raises(UntrustedClassError, match="nnqc.nothing.Here"):
         build_network("nnqc.nothing.Here", {}, [])
 
 

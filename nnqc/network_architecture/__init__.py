@@ -7,8 +7,8 @@ from nnqc.network_architecture.baselines import (
     ResNetRegressor,
     UNetRegressor,
 )
-from nnqc.network_architecture.build import build_network, import_object
+from nnqc.network_architecture.build import build_network
 from nnqc.network_architecture.qcresunet import QCResUNet
 
 __all__ = ["QCResUNet", "QCResUNetNoAttention", "QCResUNetNoRegression", "ResNetRegressor", "ResNet34Regressor",
-           "ResNet50Regressor", "UNetRegressor", "build_network", "import_object"]
+           "ResNet50Regressor", "UNetRegressor", "build_network"]

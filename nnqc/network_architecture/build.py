@@ -1,33 +1,25 @@
-"""Instantiate a network from a plans "architecture" entry by importing its dotted path.
+"""Instantiate a network from a plans "architecture" entry, importing only allow-listed classes.
 
-nnU-Net's own look-up searches packages by class name and walks into modules that need timm; an explicit
-import of the named module cannot.
+nnU-Net's own look-up searches packages by class name and walks into modules that need timm, and imports whatever
+the plans name; nnQC imports the named class only when it is trusted (see nnqc.trusted_classes).
 """
 from __future__ import annotations
 
-import importlib
-from typing import Any
-
 from torch import nn
 
-
-def import_object(dotted_path: str) -> Any:
-    module_name, _, attribute = dotted_path.rpartition(".")
-    if not module_name:
-        raise ValueError(f"'{dotted_path}' is not a dotted path (package.module.Name)")
-    try:
-        return getattr(importlib.import_module(module_name), attribute)
-    except (ImportError, AttributeError) as e:
-        raise ImportError(f"cannot import '{dotted_path}' named in the plans: {e}") from e
+from nnqc.trusted_classes import trusted_class
 
 
-def build_network(network_class_name: str, arch_kwargs: dict, kw_requires_import: list[str] | tuple = (),
-                  **overrides) -> nn.Module:
-    """`network_class_name(**arch_kwargs, **overrides)`, with the kwargs named in `kw_requires_import`
-    (e.g. norm_op "torch.nn.InstanceNorm3d") turned from dotted paths into objects."""
+def build_network(network_class: str | type, arch_kwargs: dict, kw_requires_import: list[str] | tuple = (),
+                  source: str = "plans.json", **overrides) -> nn.Module:
+    """`network_class(**arch_kwargs, **overrides)`, with the kwargs named in `kw_requires_import` (e.g. norm_op
+    "torch.nn.InstanceNorm3d") turned from dotted paths into classes. A class given by name comes from a file and
+    must be trusted; `source` names that file for the error."""
     kwargs = dict(arch_kwargs)
     for key in kw_requires_import:
-        if isinstance(kwargs.get(key), str):
-            kwargs[key] = import_object(kwargs[key])
+        if kwargs.get(key) is not None:
+            kwargs[key] = trusted_class(kwargs[key], f"operation {key}", source)
     kwargs.update(overrides)
-    return import_object(network_class_name)(**kwargs)
+    if not isinstance(network_class, type):
+        network_class = trusted_class(network_class, "network class", source)
+    return network_class(**kwargs)

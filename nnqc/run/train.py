@@ -12,7 +12,9 @@ from nnunetv2.run.run_training import find_free_network_port, maybe_load_checkpo
 from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
 from nnqc.paths import require
+from nnqc.run.threads import set_thread_counts
 from nnqc.trainer_lookup import get_trainer_class
+from nnqc.trusted_classes import trust_classes
 
 PLANS_IDENTIFIER = "nnQCPlans"
 
@@ -43,6 +45,7 @@ def _train_and_validate(trainer, continue_training: bool, only_run_validation: b
     trainer.disable_checkpointing = disable_checkpointing
     if fp32:
         trainer.cpu_bf16_autocast = False
+        trainer.cuda_mixed_precision = False
     maybe_load_checkpoint(trainer, continue_training, only_run_validation)
     if torch.cuda.is_available():
         torch.backends.cudnn.deterministic = False
@@ -65,6 +68,8 @@ def default_backend(device: torch.device) -> str:
 
 
 def _run_ddp(rank: int, world_size: int, kwargs: dict, run_kwargs: dict, backend: str, device_type: str) -> None:
+    if device_type == "cuda":
+        set_thread_counts("cuda")  # a spawned process starts with torch's defaults
     dist.init_process_group(backend, rank=rank, world_size=world_size)
     if device_type == "cuda":
         torch.cuda.set_device(torch.device("cuda", rank))
@@ -88,7 +93,8 @@ def run_training(dataset_name_or_id: str | int, configuration: str, fold: int | 
                  device: torch.device = torch.device("cuda"), backend: str | None = None, fp32: bool = False) -> None:
     """Train (and then validate) one fold. With num_gpus > 1, DistributedDataParallel as nnU-Net does it: one
     process per GPU (NCCL), or on device cpu that many CPU processes (gloo; slower than one, for testing the
-    multi-process path). `backend` overrides the choice; `fp32` turns off bf16 autocast on the CPU."""
+    multi-process path). `backend` overrides the choice; `fp32` turns off bf16 autocast on the CPU and mixed
+    precision (autocast and gradient scaler) on CUDA."""
     if isinstance(fold, str) and fold != "all":
         fold = int(fold)
     kwargs = dict(dataset_name_or_id=dataset_name_or_id, configuration=configuration, fold=fold,
@@ -125,13 +131,20 @@ def train_entry() -> None:
     parser.add_argument("-device", default="cuda", choices=("cuda", "cpu", "mps"),
                         help="device to train on (default cuda)")
     parser.add_argument("--fp32", action="store_true",
-                        help="on a CPU with native bf16, train in fp32 instead of under bf16 autocast")
+                        help="train in fp32: no fp16 autocast or gradient scaler on CUDA, no bf16 autocast on a "
+                             "CPU with native bf16")
+    parser.add_argument("--trust_class", nargs="+", default=[], metavar="package.module.Class",
+                        help="classes a model's files may name besides nnQC's own and torch's layers (your own "
+                             "trainer or network); also read from the environment variable nnQC_trusted_classes")
     args = parser.parse_args()
+    try:
+        trust_classes(args.trust_class)
+    except ValueError as e:
+        parser.error(str(e))
     device = torch.device(args.device)
-    if device.type == "cpu":
-        torch.set_num_threads(os.cpu_count() or 1)
-    elif device.type == "cuda" and not torch.cuda.is_available():
+    if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("CUDA is not available here; use -device cpu")
+    set_thread_counts(device.type)
     run_training(args.dataset_name_or_id, args.configuration, args.fold, args.tr, args.p, args.num_gpus, args.c,
                  args.val, args.val_best, args.disable_checkpointing, device, fp32=args.fp32)
 

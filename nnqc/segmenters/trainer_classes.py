@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import importlib
 
-from nnqc.network_architecture.build import import_object
+from nnqc.trusted_classes import import_object
 
 # modules whose nnU-Net trainers can be named without a dotted path
 _KNOWN_MODULES = ("nnunetv2.training.nnUNetTrainer.nnUNetTrainer",

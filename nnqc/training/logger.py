@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 
 import matplotlib
+import numpy as np
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
@@ -20,6 +21,10 @@ class nnQCLocalLogger(LocalLogger):
         super().__init__(verbose)
         for key in QC_KEYS:
             self.my_fantastic_logging[key] = []
+
+    def log(self, key, value, epoch: int) -> None:
+        """nnU-Net's, with numpy scalars stored as Python numbers: checkpoints then hold plain data only."""
+        super().log(key, value.item() if isinstance(value, np.generic) else value, epoch)
 
     def load_checkpoint(self, checkpoint: dict) -> None:
         self.my_fantastic_logging = {**{k: [] for k in QC_KEYS}, **checkpoint}
