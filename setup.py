@@ -13,8 +13,11 @@ setup(
     install_requires=[
         "torch>=2.1",
         "nnunetv2==2.8.1",
+        "batchgenerators>=0.25",
         "batchgeneratorsv2>=0.3",
         "acvl-utils>=0.2",
+        "blosc2",
+        "nibabel",
         "numpy",
         "scipy",
         "SimpleITK>=2.2",
@@ -24,7 +27,7 @@ setup(
     ],
     extras_require={
         # independent reference implementations used only by the tests
-        "test": ["pytest", "ruff", "surface-distance==0.1", "monai==1.6.1"],
+        "test": ["pytest", "ruff", "surface-distance==0.1", "monai==1.6.1", "hypothesis"],
     },
     entry_points={
         "console_scripts": [

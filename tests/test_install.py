@@ -8,7 +8,10 @@ interpreter's packages; when the suite itself runs in a virtual environment (as 
 environment's site-packages are added by a .pth file, which puts the folder on sys.path without running the
 .pth files inside it, so the editable install's import hook never points back into the checkout.
 """
+import ast
+import importlib.metadata
 import os
+import re
 import shutil
 import site
 import subprocess
@@ -27,8 +30,12 @@ def _ignore(folder: str, names: list[str]) -> set[str]:
             or (os.path.basename(folder) == "benchmarks" and n == "results")}
 
 
+# each step takes seconds offline; a step still running after this is stuck (pip waiting on a network, say)
+STEP_TIMEOUT_S = 600
+
+
 def _run(command: list[str], **kwargs) -> subprocess.CompletedProcess:
-    result = subprocess.run(command, capture_output=True, text=True, **kwargs)
+    result = subprocess.run(command, capture_output=True, text=True, timeout=STEP_TIMEOUT_S, **kwargs)
     assert result.returncode == 0, f"{' '.join(command)}\n{result.stdout}\n{result.stderr}"
     return result
 
@@ -66,7 +73,12 @@ def test_wheel_installs_into_a_fresh_environment_and_runs_from_outside_the_check
     processes = {name: subprocess.Popen([str(venv / "bin" / name), "-h"], cwd=elsewhere, env=env, text=True,
                                         stdout=subprocess.PIPE, stderr=subprocess.PIPE) for name in sorted(scripts)}
     for name, process in processes.items():
-        out, err = process.communicate(timeout=300)
+        try:
+            out, err = process.communicate(timeout=STEP_TIMEOUT_S)
+        except subprocess.TimeoutExpired:
+            for other in processes.values():
+                other.kill()
+            raise
         assert process.returncode == 0 and "usage:" in out, f"{name} -h failed:\n{out}\n{err}"
 
     where = _run([python, "-c", "import nnqc, nnqc_trainers, dataset_conversion\n"
@@ -77,3 +89,41 @@ def test_wheel_installs_into_a_fresh_environment_and_runs_from_outside_the_check
         path = os.path.realpath(path)
         assert path.startswith(os.path.realpath(venv_site) + os.sep), f"imported {path}, not the installed copy"
         assert not path.startswith(os.path.realpath(ROOT) + os.sep)
+
+
+def _third_party_imports() -> dict[str, str]:
+    """{top-level module: a file importing it} for every module the installed packages import that is neither
+    the standard library nor one of the project's own packages."""
+    own = {"nnqc", "nnqc_trainers", "dataset_conversion"}
+    found = {}
+    for package in own:
+        for folder, _, files in os.walk(os.path.join(ROOT, package)):
+            for name in (f for f in files if f.endswith(".py")):
+                path = os.path.join(folder, name)
+                for node in ast.walk(ast.parse(open(path, encoding="utf-8").read())):
+                    if isinstance(node, ast.Import):
+                        modules = [alias.name for alias in node.names]
+                    elif isinstance(node, ast.ImportFrom) and node.level == 0 and node.module:
+                        modules = [node.module]
+                    else:
+                        continue
+                    for module in (m.split(".")[0] for m in modules):
+                        if module not in sys.stdlib_module_names and module not in own and module != "__future__":
+                            found.setdefault(module, os.path.relpath(path, ROOT))
+    return found
+
+
+def test_setup_declares_every_package_the_code_imports():
+    tree = ast.parse(open(os.path.join(ROOT, "setup.py"), encoding="utf-8").read())
+    requirements = next(node.value for node in ast.walk(tree)
+                        if isinstance(node, ast.keyword) and node.arg == "install_requires")
+    declared = {re.split(r"[<>=!~ \[]", element.value, maxsplit=1)[0].lower().replace("_", "-")
+                for element in requirements.elts}
+    distributions = importlib.metadata.packages_distributions()
+    undeclared = {}
+    for module, where in _third_party_imports().items():
+        names = {d.lower().replace("_", "-") for d in distributions.get(module, [module])}
+        if not names & declared:
+            undeclared[module] = f"{where} (distribution {', '.join(sorted(names))})"
+    assert not undeclared, f"imported but not in setup.py's install_requires: {undeclared}"
+    assert {"torch", "nnunetv2", "simpleitk", "nibabel", "blosc2", "batchgenerators"} <= declared

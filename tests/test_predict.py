@@ -1,6 +1,7 @@
 """nnQC_predict with a tiny trained model: outputs, geometry, ensembling, parts, bad input."""
 import hashlib
 import os
+import pickle
 import re
 import shutil
 import subprocess
@@ -14,6 +15,7 @@ import torch
 from batchgenerators.utilities.file_and_folder_operations import join, load_json
 from conftest import QC_ID, TRAINER
 
+from nnqc.inference.case_failures import UnexpectedCaseError
 from nnqc.inference.predictor import CaseError, nnQCPredictor
 from nnqc.metrics.sem import decode_sem_bits
 from nnqc.run.predict import model_folder
@@ -185,7 +187,8 @@ def test_settings_are_a_contract(pipeline_env, cases, tmp_path):
     assert summary == table["status"].to_dict()
 
 
-def test_any_failure_skips_only_that_case_and_the_summary_is_written(pipeline_env, cases, tmp_path, monkeypatch):
+def test_an_unexpected_failure_is_an_error_of_that_case_only_and_the_summary_is_written(pipeline_env, cases,
+                                                                                        tmp_path, monkeypatch):
     predictor = nnQCPredictor(torch.device("cpu"), allow_tqdm=False)
     predictor.initialize_from_trained_model_folder(model_folder(QC_ID, TRAINER, "nnQCPlans", "3d_fullres"), (0,))
     first, second, third = cases["names"]
@@ -216,12 +219,22 @@ def test_any_failure_skips_only_that_case_and_the_summary_is_written(pipeline_en
     table = predictor.predict_from_files(cases["images"], cases["segs"], out, num_threads_export=2)
     status = table.set_index("case")["status"]
     assert status[second] == "ok"
-    assert re.fullmatch(rf"skipped: {first} \(.*{first}\.nii\.gz\): prediction failed: MemoryError: out of "
+    assert re.fullmatch(rf"error: {first} \(.*{first}\.nii\.gz\): prediction failed: MemoryError: out of "
                         r"memory on the first case", status[first]), status[first]
-    assert re.fullmatch(rf"skipped: {third}: writing its results failed: OSError: No space left on device",
+    assert re.fullmatch(rf"error: {third}: writing its results failed: OSError: No space left on device",
                         status[third]), status[third]
     assert sorted(f for f in os.listdir(out) if f.endswith(".nii.gz")) == [second + ".nii.gz"]
     assert sorted(pd.read_csv(join(out, "qc_summary.csv"))["case"]) == cases["names"]
+    log = open(join(out, "qc_errors.log")).read()  # where the bugs happened, for a report
+    assert f"=== {first}: error:" in log and f"=== {third}: error:" in log and second not in log
+    assert 'raise MemoryError("out of memory on the first case")' in log
+    assert 'raise OSError("No space left on device")' in log
+    # a run without errors leaves no log of an earlier one
+    for name, original in (("predict_preprocessed", predict), ("restore_to_input_geometry", restore),
+                           ("preprocess_files", preprocess)):
+        monkeypatch.setattr(predictor, name, original)
+    predictor.predict_from_files(cases["images"], cases["segs"], out)
+    assert not os.path.exists(join(out, "qc_errors.log"))
 
 
 def test_worker_failures_come_back_as_named_case_errors():
@@ -233,8 +246,12 @@ def test_worker_failures_come_back_as_named_case_errors():
 
     error = _preprocess_or_error(Broken(torch.device("cpu")), CaseFiles("c1", ["/in/c1_0000.nii.gz"],
                                                                         "/in/seg/c1.nii.gz"))
-    assert isinstance(error, CaseError)
+    # a bug is not a problem with the case's inputs: an error with its traceback, not a skip
+    assert isinstance(error, UnexpectedCaseError) and not isinstance(error, CaseError)
     assert str(error) == "c1 (/in/seg/c1.nii.gz): preprocessing failed: KeyError: 'spacing'"
+    assert "raise KeyError" in error.details
+    crossed = pickle.loads(pickle.dumps(error))  # as it comes back from a preprocessing worker
+    assert (str(crossed), crossed.details) == (str(error), error.details)
 
 
 def tree_hashes(*folders):

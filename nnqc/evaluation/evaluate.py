@@ -33,6 +33,7 @@ from nnqc.evaluation.report import (
     write_report,
 )
 from nnqc.geometry import image_mismatch
+from nnqc.inference.input_fingerprints import changed_since_prediction
 from nnqc.input_files import InputFileError, check_input_file
 from nnqc.metrics import binary_dice, get_regions, nsd_tolerance_mm, quality_targets, segmentation_error_maps
 from nnqc.metrics.regions import allowed_labels
@@ -264,6 +265,16 @@ def evaluate_predictions(output_folder: str, reference_folder: str, dataset_json
         raise FileNotFoundError(f"the assessed segmentations folder {segmentations_folder!r} recorded in "
                                 f"{output_folder} does not exist")
 
+    changed, unverified = changed_since_prediction(output_folder, list(table.loc[table["status"] == "ok", "case"]))
+    if changed:
+        files = "; ".join(f"{case}: {', '.join(paths)}" for case, paths in sorted(changed.items()))
+        raise ValueError(f"input files changed or were replaced since nnQC_predict assessed them ({files}): the "
+                         f"predictions in {output_folder} no longer describe them. Run nnQC_predict again with "
+                         f"--continue_prediction (it assesses the changed cases again), then evaluate")
+    if unverified:
+        print(f"WARNING: {len(unverified)} case(s) were predicted without input fingerprints (an older nnQC), so "
+              f"nnQC_evaluate cannot check that their files are still the ones assessed: {', '.join(unverified)}")
+
     jobs, not_evaluated = [], []
     for _, row in table.iterrows():
         case = row["case"]
@@ -330,6 +341,7 @@ def evaluate_predictions(output_folder: str, reference_folder: str, dataset_json
     elif os.path.isfile(risk_coverage):
         os.remove(risk_coverage)  # of an earlier evaluation: it would not describe this one
     result["not_evaluated"] = not_evaluated
+    result["inputs_not_verified"] = unverified
     result = _json_ready(result)
 
     write_text_atomically(os.path.join(output_folder, EVALUATION_CSV), evaluation.to_csv(index=False))

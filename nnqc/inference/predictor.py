@@ -32,17 +32,31 @@ from nnqc.calibration.calibration_file import (
     CalibrationError,
     calibration_folds,
     load_or_build_calibration,
+    read_calibration_file,
 )
 from nnqc.calibration.conformal import DEFAULT_ALPHA, check_alpha
 from nnqc.calibration.decision import FAIL, REVIEW
 from nnqc.calibration.fold_coverage import TRAINING_RANGE_FILE, ensemble_coverage
 from nnqc.calibration.training_range import TrainingCoverage, case_statistics, out_of_training_range
+from nnqc.checkpoint_files import UnsafeCheckpointError, load_checkpoint
 from nnqc.cpu_features import cpu_has_native_bf16
 from nnqc.error_messages import one_line
 from nnqc.evaluation.report import EVALUATION_CSV, EVALUATION_JSON, REPORT_HTML, RISK_COVERAGE_PNG, SCATTER_PNGS
 from nnqc.geometry import properties_mismatch
+from nnqc.inference.case_failures import (
+    ERROR,
+    ERRORS_LOG,
+    CaseError,
+    DeviceUnusableError,
+    device_is_unusable,
+    errors_log_text,
+    recover_after,
+    status_kind,
+    unexpected,
+)
+from nnqc.inference.input_fingerprints import CASE_RESULTS_FOLDER, changed_inputs, input_fingerprints
 from nnqc.inference.input_folder import check_input_folders
-from nnqc.input_files import InputFileError, check_input_file
+from nnqc.input_files import InputFileError, check_input_file, check_same_grid, resampling_problem
 from nnqc.metrics.regions import allowed_labels, get_regions, nsd_tolerance_mm
 from nnqc.metrics.sem import decode_sem_bits, encode_sem_bits
 from nnqc.model_sharing.model_metadata import METADATA_FILE
@@ -56,9 +70,9 @@ from nnqc.preprocessing.cropping import (
 from nnqc.preprocessing.preprocessor import QCDatasetError, nnQCPlansManager, nnQCPreprocessor
 from nnqc.trainer_lookup import get_trainer_class
 from nnqc.training.qc_inputs import network_input
+from nnqc.trusted_classes import UntrustedClassError
 
 SUMMARY_CSV, SUMMARY_JSON, SETTINGS_JSON = "qc_summary.csv", "qc_summary.json", "predict_settings.json"
-CASE_RESULTS_FOLDER = "qc_cases"
 DEFAULT_FLAG_BELOW = 0.7
 # what a run's results depend on: --continue_prediction must use the same, and -num_parts runs merge only when
 # their settings (and number of parts) agree
@@ -68,10 +82,6 @@ CONTRACT_SETTINGS = ("images_folder", "segmentations_folder", "model_folder", "d
 # the outputs of nnQC_evaluate and the report describe one set of predictions: a run that changes it removes them
 EVALUATION_OUTPUTS = (EVALUATION_CSV, EVALUATION_JSON, *SCATTER_PNGS.values(), RISK_COVERAGE_PNG, REPORT_HTML)
 FINGERPRINT_FILE = "dataset_fingerprint.json"
-
-
-class CaseError(RuntimeError):
-    """A problem with one case: the case is skipped and listed in the summary with this reason."""
 
 
 @dataclass
@@ -138,6 +148,7 @@ class nnQCPredictor:
         self.network = self.fold_weights = self.plans_manager = self.configuration_manager = None
         self.dataset_json = self.regions = self.region_names = None
         self.trainer_name = self.configuration_name = self.model_folder = self.checkpoint_name = None
+        self.trainer_class: type | None = None
         self.folds: list = []
         self.preprocessor = nnQCPreprocessor(verbose=verbose)
         # calibrated decisions (see nnqc.calibration): None when the model has no out-of-fold predictions, with
@@ -170,16 +181,20 @@ class nnQCPredictor:
         self.fold_weights = []
         for fold in self.folds:
             path = join(model_training_output_dir, f"fold_{fold}", checkpoint_name)
-            if not isfile(path):
-                raise FileNotFoundError(f"checkpoint {path} does not exist")
-            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
-            self.trainer_name = checkpoint["trainer_name"]
-            self.configuration_name = checkpoint["init_args"]["configuration"]
+            checkpoint = load_checkpoint(path)  # data only: a shared model runs no code
+            try:
+                trainer_name, configuration_name = checkpoint["trainer_name"], checkpoint["init_args"]["configuration"]
+            except (KeyError, TypeError) as e:
+                raise UnsafeCheckpointError(f"{path} is not an nnQC checkpoint (no {e})") from None
+            self.trainer_class = get_trainer_class(trainer_name, source=path)
+            self.trainer_name, self.configuration_name = trainer_name, configuration_name
             self.fold_weights.append(checkpoint["network_weights"])
         self.configuration_manager = self.plans_manager.get_configuration(self.configuration_name)
-        trainer_class = get_trainer_class(self.trainer_name)
-        self.network = trainer_class.build_network_architecture(self.plans_manager, self.configuration_manager,
-                                                                0, 0, False).to(self.device).eval()
+        try:
+            self.network = self.trainer_class.build_network_architecture(
+                self.plans_manager, self.configuration_manager, 0, 0, False).to(self.device).eval()
+        except UntrustedClassError as e:  # its message starts with "plans.json:": say which one
+            raise UntrustedClassError(join(self.model_folder, str(e))) from None
         fingerprint_file = join(model_training_output_dir, FINGERPRINT_FILE)
         self.fingerprint = load_json(fingerprint_file) if isfile(fingerprint_file) else {}
         metadata_file = join(model_training_output_dir, METADATA_FILE)
@@ -221,10 +236,7 @@ class nnQCPredictor:
         path = join(self.model_folder, CALIBRATION_FILE)
         if not folds or not isfile(path):
             return None
-        try:
-            data = load_json(path)
-        except ValueError:
-            return None
+        data = read_calibration_file(path)  # a damaged one stops loading, naming the file: a broken model
         sources = data.get("built_from", {}).get("sources", [])
         if data.get("built_from", {}).get("folds") != folds or any(isfile(join(self.model_folder, s["file"]))
                                                                   for s in sources):
@@ -255,6 +267,10 @@ class nnQCPredictor:
         expected = len(self.dataset_json["channel_names"])
         if images.shape[0] != expected:
             raise CaseError(f"{name}: {images.shape[0]} image channels, the model expects {expected}")
+        problem = resampling_problem(images, properties["spacing"], self.configuration_manager.spacing,
+                                     self.plans_manager.transpose_forward)
+        if problem:
+            raise CaseError(f"{name}: {problem}")
         properties = dict(properties)
         data, _, properties = self.preprocessor.run_case_npy(images, None, properties, self.plans_manager,
                                                              self.configuration_manager, self.dataset_json)
@@ -295,9 +311,11 @@ class nnQCPredictor:
         try:  # SimpleITK reads truncated files and NaN without complaint, and 2D/4D files as something else
             for file in (case.segmentation, *case.images):
                 check_input_file(file)
+            check_same_grid(case.images)  # nnU-Net's reader only warns when the channels' origins differ
         except InputFileError as e:
             raise CaseError(f"{case.case}: {e}") from None
         rw = self.plans_manager.image_reader_writer_class()
+        fingerprints = input_fingerprints([*case.images, case.segmentation])
         try:
             images, properties = rw.read_images(case.images)
             segmentation, seg_properties = rw.read_seg(case.segmentation)
@@ -313,7 +331,9 @@ class nnQCPredictor:
         if mismatch:
             raise CaseError(f"{case.case}: the segmentation {case.segmentation} does not share the image geometry "
                             f"({mismatch})")
-        return self.preprocess_arrays(images, segmentation, properties, case.case)
+        data, candidate, properties = self.preprocess_arrays(images, segmentation, properties, case.case)
+        properties["nnqc_inputs"] = fingerprints
+        return data, candidate, properties
 
     # ---- prediction ---------------------------------------------------------------------------------------------
     @torch.inference_mode()
@@ -429,8 +449,9 @@ class nnQCPredictor:
                     replace_atomically(self._map_file(output_folder, case),
                                        lambda p: rw.write_seg(bits, p, properties))
             row["status"] = "ok"
+            row["inputs"] = properties.get("nnqc_inputs", {})
         except Exception as e:
-            self._skip(output_folder, case, f"{case}: writing its results failed: {one_line(e, with_type=True)}")
+            self._record_error(output_folder, case, unexpected(e, f"{case}: writing its results failed"))
             return
         self._write_case_result(output_folder, row)
 
@@ -443,9 +464,19 @@ class nnQCPredictor:
             os.remove(self._map_file(output_folder, case))
         self._write_case_result(output_folder, {"case": case, "status": f"skipped: {reason}"})
 
+    def _record_error(self, output_folder: str, case: str, error: Exception) -> None:
+        """List the case as failed unexpectedly, with its traceback (for qc_errors.log); its old map goes."""
+        if isfile(self._map_file(output_folder, case)):
+            os.remove(self._map_file(output_folder, case))
+        self._write_case_result(output_folder, {"case": case, "status": f"{ERROR}: {error}",
+                                                "traceback": getattr(error, "details", "")})
+
     @staticmethod
     def _write_case_result(output_folder: str, row: dict) -> None:
-        if row["status"] != "ok":
+        kind = status_kind(row["status"])
+        if kind == ERROR:
+            print(f"ERROR: {row['case']}: {row['status'][len(ERROR) + 2:]} (traceback in {ERRORS_LOG})")
+        elif kind != "ok":
             print(f"WARNING: skipping {row['case']}: {row['status'][len('skipped: '):]}")
         write_text_atomically(join(output_folder, CASE_RESULTS_FOLDER, row["case"] + ".json"), json.dumps(row))
 
@@ -511,12 +542,21 @@ class nnQCPredictor:
         return table
 
     def _is_done(self, output_folder: str, case: str, save_maps: bool) -> bool:
-        """An earlier run of the same settings assessed the case (skipped cases are tried again)."""
+        """An earlier run of the same settings assessed the case from the files that are there now (skipped and
+        failed cases, and those whose inputs changed or whose run recorded none, are assessed again)."""
         file = join(output_folder, CASE_RESULTS_FOLDER, case + ".json")
         if not isfile(file) or (save_maps and not isfile(self._map_file(output_folder, case))):
             return False
         with open(file) as f:
-            return json.load(f).get("status") == "ok"
+            record = json.load(f)
+        if record.get("status") != "ok":
+            return False
+        changed = changed_inputs(record.get("inputs") or {})
+        if changed or not record.get("inputs"):
+            print(f"NOTE: {case}: " + (f"{', '.join(changed)} changed since it was assessed" if changed else
+                                       "its earlier result records no input fingerprints") + ": assessed again")
+            return False
+        return True
 
     def _predict_cases(self, todo: list[CaseFiles], output_folder: str, save_maps: bool, flag_below: float,
                        num_processes_preprocessing: int, num_threads_export: int,
@@ -548,7 +588,7 @@ class nnQCPredictor:
                             prepared = _preprocess_or_error(self, case)
                     else:
                         prepared = _preprocess_or_error(self, case)
-                    if isinstance(prepared, CaseError):
+                    if isinstance(prepared, Exception):
                         raise prepared
                     data, candidate, properties = prepared
                     self._say_partial_view(case.case, properties, data.shape[1:])
@@ -556,9 +596,15 @@ class nnQCPredictor:
                 except CaseError as e:
                     self._skip(output_folder, case.case, str(e))
                     continue
-                except Exception as e:  # a bug, out of memory, ...: this case is skipped, the others go on
-                    self._skip(output_folder, case.case, f"{case.case} ({case.segmentation}): prediction failed: "
-                                                         f"{one_line(e, with_type=True)}")
+                except Exception as e:  # a bug, out of memory, ...: recorded as an error, the others go on
+                    failure = unexpected(e, f"{case.case} ({case.segmentation}): prediction failed")
+                    self._record_error(output_folder, case.case, failure)
+                    if device_is_unusable(failure):
+                        raise DeviceUnusableError(
+                            f"{failure}: the device cannot run anything after this error, so the run stops here; "
+                            f"the cases done so far are in the summary (--continue_prediction goes on from "
+                            f"them)") from e
+                    recover_after(failure, self.device)
                     continue
                 args = (case.case, result, properties, output_folder, save_maps, flag_below, alpha)
                 if export is not None:
@@ -645,6 +691,11 @@ class nnQCPredictor:
         table = table.sort_values(["_ok", "predicted_dsc", "case"], ascending=[False, True, True], kind="stable")
         table = table.drop(columns="_ok").reset_index(drop=True)
         write_text_atomically(join(output_folder, SUMMARY_CSV), table.to_csv(index=False))
+        errors = errors_log_text(rows)
+        if errors:
+            write_text_atomically(join(output_folder, ERRORS_LOG), errors)
+        elif isfile(join(output_folder, ERRORS_LOG)):
+            os.remove(join(output_folder, ERRORS_LOG))
         settings = load_json(join(output_folder, SETTINGS_JSON))
         settings.pop("dataset_json", None)
         cases = json.loads(table.to_json(orient="records"))
@@ -669,14 +720,14 @@ def _init_preprocessing_worker(plans: dict, configuration_name: str, dataset_jso
 
 
 def _preprocess_or_error(predictor: nnQCPredictor, case: CaseFiles):
-    """The preprocessed case, or its failure, of any kind, as a CaseError value naming the case and its file (so
-    that it crosses process boundaries intact)."""
+    """The preprocessed case, or its failure as a value naming the case and its file (so that it crosses process
+    boundaries intact): a CaseError for a named input problem, an UnexpectedCaseError with its traceback else."""
     try:
         return predictor.preprocess_files(case)
     except CaseError as e:
         return e
     except Exception as e:
-        return CaseError(f"{case.case} ({case.segmentation}): preprocessing failed: {one_line(e, with_type=True)}")
+        return unexpected(e, f"{case.case} ({case.segmentation}): preprocessing failed")
 
 
 def _preprocess_in_worker(case: CaseFiles):

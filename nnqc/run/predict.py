@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
 import pandas as pd
@@ -11,10 +10,18 @@ from batchgenerators.utilities.file_and_folder_operations import join
 
 from nnqc.calibration.conformal import DEFAULT_ALPHA, check_alpha
 from nnqc.calibration.decision import decision_counts
+from nnqc.inference.case_failures import ERROR, ERRORS_LOG, SKIPPED, status_kind
 from nnqc.inference.predictor import DEFAULT_FLAG_BELOW, nnQCPredictor
 from nnqc.model_sharing.model_metadata import describe_model, load_model_metadata
 from nnqc.model_sharing.model_metadata import trained_model_folder as model_folder
+from nnqc.run.threads import set_thread_counts
 from nnqc.run.train import PLANS_IDENTIFIER
+from nnqc.trusted_classes import trust_classes
+
+# exit status: 0 when every case was assessed or skipped for a named problem with its inputs (at least one
+# assessed); EXIT_FAILED when the run could not start or stopped, or no case was assessed; EXIT_CASE_ERRORS when
+# some case failed unexpectedly (summary written, tracebacks in qc_errors.log)
+EXIT_FAILED, EXIT_CASE_ERRORS = 1, 2
 
 
 def _number(value) -> str:
@@ -93,7 +100,14 @@ def predict_entry() -> None:
     parser.add_argument("--fp32", action="store_true",
                         help="full precision: no bf16 autocast on CPUs with native bf16 (AMX, AVX-512 BF16) and no "
                              "mixed precision on a GPU")
+    parser.add_argument("--trust_class", nargs="+", default=[], metavar="package.module.Class",
+                        help="classes a model's files may name besides nnQC's own and torch's layers (your own "
+                             "trainer or network); also read from the environment variable nnQC_trusted_classes")
     args = parser.parse_args()
+    try:
+        trust_classes(args.trust_class)
+    except ValueError as e:
+        parser.error(str(e))
     if args.m is not None and (args.c, args.tr, args.p) != (None, None, None):
         parser.error("-m names the model folder itself; -c, -tr and -p go with -d only")
     try:
@@ -104,8 +118,7 @@ def predict_entry() -> None:
     if device.type == "cuda" and not torch.cuda.is_available():
         parser.error("CUDA is not available here; use -device cpu")
     on_cpu = device.type == "cpu"
-    if on_cpu:
-        torch.set_num_threads(os.cpu_count() or 1)
+    set_thread_counts(device.type)  # CUDA: 1 thread and 1 inter-op thread, as nnUNetv2_predict
     npp = (0 if on_cpu else 1) if args.npp is None else args.npp
     nps = (1 if on_cpu else 2) if args.nps is None else args.nps
     predictor = nnQCPredictor(device, fp32=args.fp32)
@@ -123,12 +136,15 @@ def predict_entry() -> None:
                                              args.alpha)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"nnQC_predict: error: {e}", file=sys.stderr)
-        sys.exit(1)
+        sys.exit(EXIT_FAILED)
     print_table(table)
     partial = int(table["partial_view"].fillna(False).astype(bool).sum())
-    print(f"\n{int((table['status'] == 'ok').sum())} case(s) assessed, {int(table['flagged'].fillna(False).sum())} "
+    kinds = table["status"].map(status_kind)
+    assessed, errors = int((kinds == "ok").sum()), int((kinds == ERROR).sum())
+    print(f"\n{assessed} case(s) assessed, {int(table['flagged'].fillna(False).sum())} "
           f"flagged (predicted DSC < {args.flag_below}), {partial} seen only in part (partial_view), "
-          f"{int((table['status'] != 'ok').sum())} skipped; summary: {join(args.o, 'qc_summary.csv')}")
+          f"{int((kinds == SKIPPED).sum())} skipped for their inputs, {errors} failed with an error; "
+          f"summary: {join(args.o, 'qc_summary.csv')}")
     if predictor.calibration is not None:
         counts = decision_counts(table.loc[table["status"] == "ok", "decision"].tolist())
         print(f"decisions at coverage {1 - args.alpha:g} against DSC {args.flag_below}: {counts['pass']} pass, "
@@ -141,6 +157,13 @@ def predict_entry() -> None:
         from nnqc.evaluation.report import write_report
 
         print(f"report: {write_report(args.o)}")
+    if errors:
+        print(f"nnQC_predict: error: {errors} case(s) failed unexpectedly (not because of their inputs); their "
+              f"tracebacks are in {join(args.o, ERRORS_LOG)}", file=sys.stderr)
+        sys.exit(EXIT_CASE_ERRORS)
+    if not assessed:
+        print("nnQC_predict: error: no case was assessed (the reasons are in the summary)", file=sys.stderr)
+        sys.exit(EXIT_FAILED)
 
 
 if __name__ == "__main__":
