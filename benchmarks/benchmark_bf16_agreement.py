@@ -17,7 +17,9 @@ import time
 import numpy as np
 import torch
 
-from nnqc.inference.predictor import CaseError, find_cases, nnQCPredictor
+from nnqc.inference.case_failures import CaseError
+from nnqc.inference.cases import find_cases
+from nnqc.inference.predictor import nnQCPredictor
 
 MAX_DIFFERENCE = 0.01
 MIN_SEM_AGREEMENT = 0.995

@@ -222,7 +222,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as base:
         point_nnunet_folders_to(base)
         from nnqc.cpu_features import cpu_has_native_bf16
-        from nnqc.inference.predictor import find_cases, nnQCPredictor
+        from nnqc.inference.cases import find_cases
+        from nnqc.inference.predictor import nnQCPredictor
 
         start = time.perf_counter()
         source, dataset_name = build_datasets(args.subjects, args.cases, args.seed)

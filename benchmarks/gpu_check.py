@@ -166,7 +166,8 @@ def prediction_seconds(device: torch.device, num_cases: int, num_folds: int, num
         write_untrained_model,
     )
 
-    from nnqc.inference.predictor import find_cases, nnQCPredictor
+    from nnqc.inference.cases import find_cases
+    from nnqc.inference.predictor import nnQCPredictor
 
     source, dataset_name = build_datasets(num_subjects, num_cases, seed, phantom_shape)
     folder = write_untrained_model(dataset_name, num_folds, None if phantom_shape else EXPECTED_INPUT_SHAPE)

@@ -12,8 +12,10 @@ from batchgenerators.utilities.file_and_folder_operations import join
 from conftest import QC_ID, TRAINER
 
 from nnqc.cpu_features import cpu_has_native_bf16
-from nnqc.inference import predictor as predictor_module
-from nnqc.inference.predictor import find_cases, forward_precision, nnQCPredictor
+from nnqc.inference import model_loading
+from nnqc.inference.cases import find_cases
+from nnqc.inference.model_loading import forward_precision
+from nnqc.inference.predictor import nnQCPredictor
 from nnqc.network_architecture import QCResUNet
 from nnqc.network_architecture.blocks import ECA
 from nnqc.run.predict import model_folder
@@ -31,7 +33,7 @@ needs_bf16 = pytest.mark.skipif(not cpu_has_native_bf16(), reason="this CPU has 
     ("cuda", True, True, "fp32"),
 ])
 def test_precision_follows_the_cpu_and_the_fp32_switch(monkeypatch, device, native, fp32, expected):
-    monkeypatch.setattr(predictor_module, "cpu_has_native_bf16", lambda: native)
+    monkeypatch.setattr(model_loading, "cpu_has_native_bf16", lambda: native)
     assert forward_precision(torch.device(device), fp32) == expected
     assert nnQCPredictor(torch.device(device), fp32=fp32).precision == expected
 

@@ -15,8 +15,8 @@ import torch
 from batchgenerators.utilities.file_and_folder_operations import join, load_json
 from conftest import QC_ID, TRAINER
 
-from nnqc.inference.case_failures import UnexpectedCaseError
-from nnqc.inference.predictor import CaseError, nnQCPredictor
+from nnqc.inference.case_failures import CaseError, UnexpectedCaseError
+from nnqc.inference.predictor import nnQCPredictor
 from nnqc.metrics.sem import decode_sem_bits
 from nnqc.run.predict import model_folder
 
@@ -238,7 +238,8 @@ def test_an_unexpected_failure_is_an_error_of_that_case_only_and_the_summary_is_
 
 
 def test_worker_failures_come_back_as_named_case_errors():
-    from nnqc.inference.predictor import CaseFiles, _preprocess_or_error
+    from nnqc.inference.cases import CaseFiles
+    from nnqc.inference.preprocessing_workers import preprocess_or_error as _preprocess_or_error
 
     class Broken(nnQCPredictor):
         def preprocess_files(self, case):

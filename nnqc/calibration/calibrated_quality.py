@@ -5,6 +5,7 @@ qc_summary.csv/.json, the printed table and the report show, so that all of them
 """
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 
 import numpy as np
@@ -12,7 +13,7 @@ import pandas as pd
 
 from nnqc.calibration.calibration_file import Calibration
 from nnqc.calibration.conformal import DEFAULT_ALPHA
-from nnqc.calibration.decision import REVIEW, decide
+from nnqc.calibration.decision import FAIL, REVIEW, decide
 from nnqc.calibration.training_range import RangeCheck
 
 CALIBRATED_COLUMNS = ("calibrated_dsc", "dsc_lower", "dsc_upper", "calibrated_nsd", "nsd_lower", "nsd_upper",
@@ -58,3 +59,20 @@ def calibrated_quality(calibration: Calibration, predicted_dsc: Sequence[float],
         decide(lo, hi, flag_below, c.reasons if c is not None else (), f) if k else REVIEW
         for lo, hi, c, f, k in zip(table["dsc_lower"], table["dsc_upper"], checks, finite, known)]
     return table
+
+
+def calibrated_case_row(calibration: Calibration | None, predicted_dsc: float, predicted_nsd: float,
+                        range_check: RangeCheck, partial_view: bool, alpha: float = DEFAULT_ALPHA,
+                        flag_below: float = 0.7) -> dict:
+    """CALIBRATED_COLUMNS of one case (JSON-ready). A partial view is never a `pass` (the network did not see all
+    of the segmentation), only `fail` when even its interval's upper bound is below the threshold. Without a
+    calibration the calibrated values are missing and the decision is empty; the range check is still reported."""
+    if calibration is None:
+        return {**{c: None for c in CALIBRATED_COLUMNS}, "interval_finite": False,
+                "out_of_training_range": "; ".join(map(str, range_check.reasons)),
+                "not_checked": "; ".join(range_check.not_checked), "decision": ""}
+    table = calibrated_quality(calibration, [predicted_dsc], [predicted_nsd], alpha, flag_below, [range_check])
+    row = json.loads(table.to_json(orient="records"))[0]  # numpy -> Python, NaN -> None
+    if partial_view and row["decision"] != FAIL:
+        row["decision"] = REVIEW
+    return row
