@@ -14,7 +14,8 @@ from test_evaluate import FLAG_BELOW, PREDICTED, make_prediction_output
 
 from nnqc.evaluation.evaluate import evaluate_predictions
 from nnqc.evaluation.plots import ERROR_ALPHA, ERROR_COLOUR
-from nnqc.evaluation.report import most_erroneous_slice, write_report
+from nnqc.evaluation.previews import most_erroneous_slice
+from nnqc.evaluation.report import write_report
 
 CHROMIUM = "/usr/bin/chromium"
 DATA_URI = re.compile(r'src="data:image/png;base64,([A-Za-z0-9+/=]+)"')

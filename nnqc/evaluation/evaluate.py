@@ -22,22 +22,16 @@ from nnqc.evaluation.calibration_evaluation import calibration_evaluation
 from nnqc.evaluation.calibration_plots import risk_coverage_png
 from nnqc.evaluation.failure_detection import failure_detection_summary
 from nnqc.evaluation.plots import scatter_png
+from nnqc.evaluation.prediction_output import read_prediction_output
 from nnqc.evaluation.qc_metrics import regression_summary, sem_dice_summary
-from nnqc.evaluation.report import (
-    EVALUATION_CSV,
-    EVALUATION_JSON,
-    REPORT_HTML,
-    RISK_COVERAGE_PNG,
-    SCATTER_PNGS,
-    read_prediction_output,
-    write_report,
-)
+from nnqc.evaluation.report import write_report
 from nnqc.geometry import image_mismatch
 from nnqc.inference.input_fingerprints import changed_since_prediction
 from nnqc.input_files import InputFileError, check_input_file
 from nnqc.metrics import binary_dice, get_regions, nsd_tolerance_mm, quality_targets, segmentation_error_maps
 from nnqc.metrics.regions import allowed_labels
 from nnqc.metrics.sem import decode_sem_bits
+from nnqc.output_files import EVALUATION_CSV, EVALUATION_JSON, REPORT_HTML, RISK_COVERAGE_PNG, SCATTER_PNGS
 from nnqc.sampling import balanced_subset
 
 

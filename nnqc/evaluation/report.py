@@ -7,116 +7,23 @@ from __future__ import annotations
 
 import base64
 import html
-import json
 import os
 from collections.abc import Callable
 
 import numpy as np
 import pandas as pd
-import SimpleITK as sitk
 
 from nnqc.atomic_files import write_text_atomically
 from nnqc.calibration.decision import DECISIONS, decision_counts
 from nnqc.evaluation.calibration_plots import DECISION_COLOURS, intervals_png
-from nnqc.evaluation.plots import case_preview_png
-from nnqc.metrics import get_regions
+from nnqc.evaluation.prediction_output import is_true, read_evaluation_output, read_prediction_output, worst_first
+from nnqc.evaluation.previews import case_preview
+from nnqc.output_files import REPORT_HTML, RISK_COVERAGE_PNG, SCATTER_PNGS
 
-SUMMARY_CSV = "qc_summary.csv"
-SETTINGS_JSON = "predict_settings.json"
-EVALUATION_CSV = "qc_evaluation.csv"
-EVALUATION_JSON = "qc_evaluation.json"
-SCATTER_PNGS = {"DSC": "scatter_dsc.png", "NSD": "scatter_nsd.png"}
-RISK_COVERAGE_PNG = "risk_coverage.png"
-REPORT_HTML = "qc_report.html"
 DEFAULT_MAX_PREVIEWS = 100
 SEM_VOLUME_PREFIX = "sem_volume_ml_"
 
 
-# ---- the prediction output folder --------------------------------------------------------------------------------
-def read_prediction_output(output_folder: str) -> tuple[dict, pd.DataFrame]:
-    """predict_settings.json and qc_summary.csv of an nnQC_predict output folder, checked to be one."""
-    if not os.path.isdir(output_folder):
-        raise FileNotFoundError(f"output folder {output_folder} does not exist")
-    missing = [name for name in (SETTINGS_JSON, SUMMARY_CSV) if not os.path.isfile(os.path.join(output_folder, name))]
-    if missing:
-        raise FileNotFoundError(f"{output_folder} is not an nnQC_predict output folder: {', '.join(missing)} missing")
-    try:
-        with open(os.path.join(output_folder, SETTINGS_JSON)) as f:
-            settings = json.load(f)
-        table = pd.read_csv(os.path.join(output_folder, SUMMARY_CSV), dtype={"case": str, "status": str})
-    except (OSError, ValueError) as e:
-        raise ValueError(f"cannot read the nnQC_predict output in {output_folder}: {e}") from e
-    for key in ("file_ending", "region_names"):
-        if key not in settings:
-            raise ValueError(f"{os.path.join(output_folder, SETTINGS_JSON)} lacks {key!r}")
-    missing_columns = {"case", "predicted_dsc", "predicted_nsd", "status"} - set(table.columns)
-    if missing_columns:
-        raise ValueError(f"{os.path.join(output_folder, SUMMARY_CSV)} lacks the column(s) {sorted(missing_columns)}")
-    table["status"] = table["status"].fillna("skipped: unknown reason")
-    table["flagged"] = table["flagged"].map(is_true) if "flagged" in table else False
-    return settings, table
-
-
-def is_true(value) -> bool:
-    """A CSV cell that says True (pandas reads True/False columns with gaps as objects)."""
-    return value is True or (isinstance(value, (bool, np.bool_)) and bool(value)) or str(value).lower() == "true"
-
-
-def worst_first(table: pd.DataFrame) -> pd.DataFrame:
-    """Assessed cases by ascending predicted DSC (cases without a prediction after them, then by name)."""
-    ok = table[table["status"] == "ok"]
-    return ok.sort_values(["predicted_dsc", "case"], na_position="last", kind="stable").reset_index(drop=True)
-
-
-# ---- per-case pictures -------------------------------------------------------------------------------------------
-def _read_volume(path: str) -> tuple[np.ndarray, tuple[float, ...]]:
-    """Array in (z, y, x) order and its spacing in the same order; 2D images become one slice."""
-    image = sitk.ReadImage(path)
-    array = sitk.GetArrayFromImage(image)
-    spacing = tuple(float(s) for s in reversed(image.GetSpacing()))
-    if image.GetNumberOfComponentsPerPixel() > 1:
-        raise ValueError(f"{path} is not a scalar image")
-    if array.ndim == 2:
-        return array[None], (1.0, *spacing)
-    if array.ndim != 3:
-        raise ValueError(f"{path} is neither 2D nor 3D (shape {array.shape})")
-    return array, spacing
-
-
-def most_erroneous_slice(error_any: np.ndarray | None, segmentation: np.ndarray) -> int:
-    """Index along axis 0 with the most predicted error voxels; without errors, the one with most foreground,
-    without foreground, the middle slice. Ties go to the lowest index."""
-    for volume in (error_any, segmentation):
-        if volume is not None:
-            counts = np.count_nonzero(np.asarray(volume).reshape(volume.shape[0], -1), axis=1)
-            if counts.max(initial=0) > 0:
-                return int(np.argmax(counts))
-    return segmentation.shape[0] // 2
-
-
-def case_preview(case: str, settings: dict, output_folder: str) -> bytes:
-    """PNG of the case's axial slice with the most predicted error (raises OSError/RuntimeError/ValueError)."""
-    ending = settings["file_ending"]
-    image, _ = _read_volume(os.path.join(settings["images_folder"], f"{case}_0000{ending}"))
-    segmentation, spacing = _read_volume(os.path.join(settings["segmentations_folder"], case + ending))
-    if image.shape != segmentation.shape:
-        raise ValueError(f"image shape {image.shape} differs from segmentation shape {segmentation.shape}")
-    error_any = None
-    map_path = os.path.join(output_folder, case + ending)
-    if os.path.isfile(map_path):
-        error_map, _ = _read_volume(map_path)
-        if error_map.shape != segmentation.shape:
-            raise ValueError(f"error map shape {error_map.shape} differs from segmentation shape {segmentation.shape}")
-        error_any = error_map != 0
-    index = most_erroneous_slice(error_any, segmentation)
-    regions = ([tuple(r) for r in settings["regions"]] if "regions" in settings
-               else get_regions(settings["dataset_json"])[1])
-    return case_preview_png(image[index], segmentation[index], None if error_any is None else error_any[index],
-                            settings["region_names"], regions, spacing[1:],
-                            f"{case}, slice {index} of {segmentation.shape[0]} (axis 0)")
-
-
-# ---- the page ----------------------------------------------------------------------------------------------------
 _STYLE = """
 body { font-family: -apple-system, "Segoe UI", Helvetica, Arial, sans-serif; margin: 2em auto; max-width: 1100px;
        padding: 0 1em; color: #222; line-height: 1.45; }
@@ -233,18 +140,6 @@ def _calibration_section(settings: dict, assessed: pd.DataFrame, evaluation: pd.
     return parts
 
 
-def _read_evaluation(output_folder: str) -> tuple[dict | None, pd.DataFrame | None]:
-    figures, per_case = None, None
-    path = os.path.join(output_folder, EVALUATION_JSON)
-    if os.path.isfile(path):
-        with open(path) as f:
-            figures = json.load(f)
-    path = os.path.join(output_folder, EVALUATION_CSV)
-    if os.path.isfile(path):
-        per_case = pd.read_csv(path, dtype={"case": str}).set_index("case")
-    return figures, per_case
-
-
 def _evaluation_section(output_folder: str, figures: dict | None) -> list[str]:
     scatter = {metric: os.path.join(output_folder, name) for metric, name in SCATTER_PNGS.items()
                if os.path.isfile(os.path.join(output_folder, name))}
@@ -328,7 +223,7 @@ def write_report(output_folder: str, max_previews: int | None = DEFAULT_MAX_PREV
     settings, table = read_prediction_output(output_folder)
     region_names = list(settings["region_names"])
     assessed, skipped = worst_first(table), table[table["status"] != "ok"]
-    figures, evaluation = _read_evaluation(output_folder)
+    figures, evaluation = read_evaluation_output(output_folder)
     flag_below = settings.get("flag_below")
     n_flagged = int(assessed["flagged"].sum())
     n_partial = int(sum(_partial_view(row) for _, row in assessed.iterrows()))

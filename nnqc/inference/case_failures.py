@@ -16,7 +16,6 @@ import torch
 
 from nnqc.error_messages import one_line
 
-ERRORS_LOG = "qc_errors.log"
 SKIPPED, ERROR = "skipped", "error"
 # messages of CUDA errors after which the context is unusable: every later kernel launch fails as well
 _DEVICE_FATAL = ("device-side assert", "illegal memory access", "illegal address", "unspecified launch failure",

@@ -7,8 +7,7 @@ import json
 import os
 
 from nnqc.atomic_files import file_sha256
-
-CASE_RESULTS_FOLDER = "qc_cases"  # in an nnQC_predict output folder: one CASE.json per case
+from nnqc.output_files import CASE_RESULTS_FOLDER
 
 
 def input_fingerprints(files: list[str]) -> dict[str, dict]:

@@ -15,18 +15,22 @@ from batchgenerators.utilities.file_and_folder_operations import isfile, join, l
 
 from nnqc.atomic_files import write_text_atomically
 from nnqc.calibration.calibrated_quality import CALIBRATED_COLUMNS
-from nnqc.evaluation.report import EVALUATION_CSV, EVALUATION_JSON, REPORT_HTML, RISK_COVERAGE_PNG, SCATTER_PNGS
-from nnqc.inference.case_failures import ERROR, ERRORS_LOG, errors_log_text, status_kind
-from nnqc.inference.input_fingerprints import CASE_RESULTS_FOLDER, changed_inputs
+from nnqc.inference.case_failures import ERROR, errors_log_text, status_kind
+from nnqc.inference.input_fingerprints import changed_inputs
+from nnqc.output_files import (
+    CASE_RESULTS_FOLDER,
+    ERRORS_LOG,
+    EVALUATION_OUTPUTS,
+    SETTINGS_JSON,
+    SUMMARY_CSV,
+    SUMMARY_JSON,
+)
 
-SUMMARY_CSV, SUMMARY_JSON, SETTINGS_JSON = "qc_summary.csv", "qc_summary.json", "predict_settings.json"
 # what a run's results depend on: --continue_prediction must use the same, and -num_parts runs merge only when
 # their settings (and number of parts) agree
 CONTRACT_SETTINGS = ("images_folder", "segmentations_folder", "model_folder", "dataset", "trainer", "plans",
                      "configuration", "folds", "checkpoint", "flag_below", "maps_written", "precision", "alpha",
                      "recalibration", "calibration")
-# the outputs of nnQC_evaluate and the report describe one set of predictions: a run that changes it removes them
-EVALUATION_OUTPUTS = (EVALUATION_CSV, EVALUATION_JSON, *SCATTER_PNGS.values(), RISK_COVERAGE_PNG, REPORT_HTML)
 SUMMARY_COLUMNS = ("case", "predicted_dsc", "predicted_dsc_sd", "predicted_nsd", "predicted_nsd_sd", "flagged",
                    "partial_view", "foreground_outside_view", *CALIBRATED_COLUMNS)
 

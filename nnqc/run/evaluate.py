@@ -11,7 +11,7 @@ from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_datas
 
 from nnqc import paths
 from nnqc.evaluation.evaluate import evaluate_predictions
-from nnqc.evaluation.report import EVALUATION_JSON
+from nnqc.output_files import EVALUATION_JSON
 
 
 def load_dataset_json(dataset_name_or_id: str) -> dict:

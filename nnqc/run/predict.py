@@ -10,10 +10,11 @@ from batchgenerators.utilities.file_and_folder_operations import join
 
 from nnqc.calibration.conformal import DEFAULT_ALPHA, check_alpha
 from nnqc.calibration.decision import decision_counts
-from nnqc.inference.case_failures import ERROR, ERRORS_LOG, SKIPPED, status_kind
+from nnqc.inference.case_failures import ERROR, SKIPPED, status_kind
 from nnqc.inference.predictor import DEFAULT_FLAG_BELOW, nnQCPredictor
 from nnqc.model_sharing.model_metadata import describe_model, load_model_metadata
 from nnqc.model_sharing.model_metadata import trained_model_folder as model_folder
+from nnqc.output_files import ERRORS_LOG
 from nnqc.run.threads import set_thread_counts
 from nnqc.run.train import PLANS_IDENTIFIER
 from nnqc.trusted_classes import trust_classes
