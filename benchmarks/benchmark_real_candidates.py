@@ -128,7 +128,8 @@ def main() -> None:
         os.makedirs(os.environ[name], exist_ok=True)
     torch.set_num_threads(os.cpu_count() or 1)
     from dataset_conversion.phantoms import write_phantom_dataset
-    from nnqc.evaluation.evaluate import calibration_lines, evaluate_predictions
+    from nnqc.evaluation.evaluate import evaluate_predictions
+    from nnqc.evaluation.figures import calibration_lines
     from nnqc.experiment_planning.plan_and_preprocess import plan_and_preprocess
     from nnqc.inference.predictor import nnQCPredictor
     from nnqc.qc_data.conversion import convert_dataset

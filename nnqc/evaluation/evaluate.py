@@ -21,6 +21,8 @@ from nnqc.error_messages import one_line
 from nnqc.evaluation.calibration_evaluation import calibration_evaluation
 from nnqc.evaluation.calibration_plots import risk_coverage_png
 from nnqc.evaluation.failure_detection import failure_detection_summary
+from nnqc.evaluation.figures import calibration_lines as calibration_lines  # the demo imports it from here
+from nnqc.evaluation.figures import format_figures
 from nnqc.evaluation.plots import scatter_png
 from nnqc.evaluation.prediction_output import read_prediction_output
 from nnqc.evaluation.qc_metrics import regression_summary, sem_dice_summary
@@ -166,63 +168,6 @@ def calibration_figures(included: pd.DataFrame, settings: dict) -> tuple[dict | 
         settings.get("alpha", DEFAULT_ALPHA))
     block["recalibration"] = bool(settings.get("recalibration"))
     return detection, block, note
-
-
-def number(v, digits: int = 3) -> str:
-    """A figure for printing; n/a when it could not be computed."""
-    return "n/a" if v is None or not np.isfinite(v) else f"{v:.{digits}f}"
-
-
-def calibration_lines(result: dict) -> list[str]:
-    """The failure-detection, interval, decision and recalibration figures of an evaluation, as text lines
-    (what nnQC_evaluate, the demo and the learning benchmark print)."""
-    lines = []
-    detection = result.get("failure_detection")
-    if detection:
-        lines.append(f"failure detection (risk 1 - true DSC, confidence predicted DSC, n {detection['n']}): AURC "
-                     f"{number(detection['aurc'])} (optimal {number(detection['optimal_aurc'])}, random "
-                     f"{number(detection['random_aurc'])}), e-AURC {number(detection['e_aurc'])}, normalised AURC "
-                     f"{number(detection['normalised_aurc'])}, failure AUROC at DSC {detection['failure_threshold']:g} "
-                     f"{number(detection['failure_auroc'])}")
-    calibration = result.get("calibration")
-    if calibration:
-        intervals = calibration["intervals"]
-        counts = calibration["decisions"]["counts"]
-        error = calibration["mean_error_true_dsc_above_0_85"]["dsc"]
-        lines.append(f"intervals at target coverage {intervals['target_coverage']:g}: DSC coverage "
-                     f"{number(intervals['dsc']['coverage'])}, mean width {number(intervals['dsc']['mean_width'])}; "
-                     f"NSD coverage {number(intervals['nsd']['coverage'])}, mean width "
-                     f"{number(intervals['nsd']['mean_width'])}")
-        lines.append(f"decisions: {counts['pass']} pass, {counts['review']} review, {counts['fail']} fail "
-                     f"({calibration['decisions']['missed_failures']} missed failure(s), "
-                     f"{calibration['decisions']['false_alarms']} false alarm(s))")
-        lines.append(f"mean error (predicted - true DSC) for true DSC > 0.85: raw "
-                     f"{number(error['raw']['mean_error'])}, recalibrated "
-                     f"{number(error['recalibrated']['mean_error'])} (n {error['raw']['n']})")
-    if result.get("calibration_note"):
-        lines.append(f"note: {result['calibration_note']}")
-    return lines
-
-
-def format_figures(result: dict) -> str:
-    """The evaluation figures as a short plain-text table."""
-    subset = f" (DSC-balanced subset of {result['num_evaluated']})" if result["balanced"] else ""
-    lines = [f"nnQC evaluation: {result['num_cases']} case(s){subset}",
-             f"{'':8s}{'r':>8s}  {'MAE ± sd':>16s}  {'n':>5s}"]
-    for key in ("dsc", "nsd"):
-        s = result[key]
-        lines.append(f"{key.upper():8s}{number(s['r']):>8s}  {number(s['mae']) + ' ± ' + number(s['mae_sd']):>16s}"
-                     f"  {s['n']:>5d}")
-    sem = result["dsc_sem"]
-    regions = ", ".join(f"{name} {number(v['mean'])} ± {number(v['sd'])}" for name, v in sem.items()
-                        if isinstance(v, dict))
-    lines.append(f"DSC_SEM  mean {number(sem['mean'])}" + (f" ({regions})" if regions else ""))
-    lines += calibration_lines(result)
-    if result["not_evaluated"]:
-        lines.append(f"not evaluated: {len(result['not_evaluated'])} case(s): "
-                     + "; ".join(f"{c['case']} ({c['reason']})" for c in result["not_evaluated"][:5])
-                     + (" ..." if len(result["not_evaluated"]) > 5 else ""))
-    return "\n".join(lines)
 
 
 def evaluate_predictions(output_folder: str, reference_folder: str, dataset_json: dict | None = None,

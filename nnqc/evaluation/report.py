@@ -16,6 +16,13 @@ import pandas as pd
 from nnqc.atomic_files import write_text_atomically
 from nnqc.calibration.decision import DECISIONS, decision_counts
 from nnqc.evaluation.calibration_plots import DECISION_COLOURS, intervals_png
+from nnqc.evaluation.figures import (
+    failure_detection_html,
+    format_interval,
+    format_number,
+    format_with_sd,
+    regression_html,
+)
 from nnqc.evaluation.prediction_output import is_true, read_evaluation_output, read_prediction_output, worst_first
 from nnqc.evaluation.previews import case_preview
 from nnqc.output_files import REPORT_HTML, RISK_COVERAGE_PNG, SCATTER_PNGS
@@ -51,19 +58,6 @@ tr.flagged td { background: #fdecea; }
 """
 
 
-def _number(value, digits: int = 3) -> str:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return ""
-    return f"{value:.{digits}f}" if np.isfinite(value) else ""
-
-
-def _with_sd(mean, sd) -> str:
-    text = _number(mean)
-    return f"{text} ± {_number(sd)}" if text and _number(sd) else text
-
-
 def _data_uri(png: bytes) -> str:
     return "data:image/png;base64," + base64.b64encode(png).decode("ascii")
 
@@ -87,7 +81,7 @@ def _partial_badge(row) -> str:
 def _partial_note(row) -> str:
     if not _partial_view(row):
         return ""
-    share = _number(100 * float(row.get("foreground_outside_view", float("nan"))), 1)
+    share = format_number(100 * float(row.get("foreground_outside_view", float("nan"))), 1, missing="")
     return (f"<div class='note'>Partial view: {share or '?'} % of the segmentation's foreground lay outside what "
             f"the network saw; DSC and NSD are predicted from the visible part, the error map is empty outside "
             f"it.</div>")
@@ -104,11 +98,6 @@ def _decision_badge(row) -> str:
     return f' <span class="badge {decision}">{decision.upper()}</span>'
 
 
-def _interval_text(row, prefix: str = "dsc") -> str:
-    lower, upper = _number(row.get(f"{prefix}_lower")), _number(row.get(f"{prefix}_upper"))
-    return f"[{lower}, {upper}]" if lower and upper else ""
-
-
 def _calibration_section(settings: dict, assessed: pd.DataFrame, evaluation: pd.DataFrame | None) -> list[str]:
     """How the decisions were made, and the DSC intervals of the cases as bars against the threshold."""
     calibration = settings.get("calibration")
@@ -121,7 +110,7 @@ def _calibration_section(settings: dict, assessed: pd.DataFrame, evaluation: pd.
     built = calibration.get("built_from", {})
     centre = ("around the recalibrated prediction" if settings.get("recalibration")
               else "around the raw prediction (no recalibration)")
-    parts.append(f"<p>Intervals at coverage {_number(1 - settings.get('alpha', 0.1), 2)} (alpha "
+    parts.append(f"<p>Intervals at coverage {format_number(1 - settings.get('alpha', 0.1), 2, missing='')} (alpha "
                  f"{settings.get('alpha')}), {centre}, calibrated on {calibration.get('num_samples', '?')} "
                  f"out-of-fold predictions of fold(s) "
                  f"{html.escape(str(built.get('folds', '?')))}.</p>")
@@ -150,20 +139,7 @@ def _evaluation_section(output_folder: str, figures: dict | None) -> list[str]:
              "error (MAE ± sd) of the predicted values, and DSC<sub>SEM</sub>, the Dice between predicted and "
              "true error maps.</p>"]
     if figures is not None:
-        subset = " (DSC-balanced subset)" if figures.get("balanced") else ""
-        parts.append(f"<p>{figures.get('num_cases', 0)} case(s) evaluated{subset}.</p>")
-        parts.append("<table><tr><th>metric</th><th>r</th><th>MAE ± sd</th><th>n</th></tr>")
-        for key, label in (("dsc", "DSC"), ("nsd", "NSD")):
-            s = figures.get(key) or {}
-            parts.append(f"<tr><td class='case'>{label}</td><td>{_number(s.get('r'))}</td>"
-                         f"<td>{_with_sd(s.get('mae'), s.get('mae_sd'))}</td><td>{s.get('n', '')}</td></tr>")
-        parts.append("</table>")
-        sem = figures.get("dsc_sem") or {}
-        rows = "".join(f"<tr><td class='case'>{html.escape(name)}</td><td>{_with_sd(v.get('mean'), v.get('sd'))}"
-                       f"</td></tr>" for name, v in sem.items() if isinstance(v, dict))
-        if rows or sem.get("mean") is not None:
-            parts.append(f"<p></p><table><tr><th>region</th><th>DSC<sub>SEM</sub> mean ± sd</th></tr>{rows}"
-                         f"<tr><th>mean</th><th>{_number(sem.get('mean'))}</th></tr></table>")
+        parts += regression_html(figures)
     for metric, path in scatter.items():
         with open(path, "rb") as f:
             parts.append(f'<p><img alt="predicted against true {metric}" src="{_data_uri(f.read())}"></p>')
@@ -177,35 +153,7 @@ def _failure_detection_section(output_folder: str, figures: dict | None) -> list
     png = os.path.join(output_folder, RISK_COVERAGE_PNG)
     if detection is None and calibration is None and not os.path.isfile(png):
         return []
-    parts = ["<h2>Failure detection and intervals</h2>"]
-    if detection is not None:
-        parts.append("<p>risk = 1 - true DSC, confidence = predicted DSC (as the DKFZ segmentation failure-detection "
-                     "benchmark defines them); the AURC is the area under the risk-coverage curve, lower is "
-                     "better, beside the optimal ranking's and a random one's.</p>")
-        parts.append("<table><tr><th>AURC</th><th>optimal AURC</th><th>random AURC</th><th>e-AURC</th>"
-                     "<th>normalised AURC</th><th>failure AUROC</th><th>failures</th><th>n</th></tr>"
-                     f"<tr><td>{_number(detection.get('aurc'))}</td><td>{_number(detection.get('optimal_aurc'))}</td>"
-                     f"<td>{_number(detection.get('random_aurc'))}</td><td>{_number(detection.get('e_aurc'))}</td>"
-                     f"<td>{_number(detection.get('normalised_aurc'))}</td>"
-                     f"<td>{_number(detection.get('failure_auroc'))}</td><td>{detection.get('num_failures', '')} "
-                     f"(true DSC &lt; {_number(detection.get('failure_threshold'), 2)})</td>"
-                     f"<td>{detection.get('n', '')}</td></tr></table>")
-    if calibration is not None:
-        intervals = calibration["intervals"]
-        counts = calibration["decisions"]["counts"]
-        error = calibration["mean_error_true_dsc_above_0_85"]["dsc"]
-        parts.append(f"<p>Target coverage {_number(intervals['target_coverage'], 2)}: DSC intervals held the true "
-                     f"DSC in {_number(intervals['dsc']['coverage'])} of the cases (mean width "
-                     f"{_number(intervals['dsc']['mean_width'])}), NSD intervals the true NSD in "
-                     f"{_number(intervals['nsd']['coverage'])} (mean width {_number(intervals['nsd']['mean_width'])})."
-                     f" Decisions: {counts['pass']} pass, {counts['review']} review, {counts['fail']} fail; "
-                     f"{calibration['decisions']['missed_failures']} true failure(s) passed, "
-                     f"{calibration['decisions']['false_alarms']} true success(es) failed. Mean error of the DSC on "
-                     f"good segmentations (true DSC &gt; 0.85, n {error['raw']['n']}): "
-                     f"{_number(error['raw']['mean_error']) or 'n/a'} raw, "
-                     f"{_number(error['recalibrated']['mean_error']) or 'n/a'} recalibrated.</p>")
-    if (figures or {}).get("calibration_note"):
-        parts.append(f"<p class='note'>{html.escape(figures['calibration_note'])}</p>")
+    parts = ["<h2>Failure detection and intervals</h2>", *failure_detection_html(figures or {})]
     if os.path.isfile(png):
         with open(png, "rb") as f:
             parts.append(f'<p><img alt="risk-coverage curve" src="{_data_uri(f.read())}"></p>')
@@ -225,6 +173,7 @@ def write_report(output_folder: str, max_previews: int | None = DEFAULT_MAX_PREV
     assessed, skipped = worst_first(table), table[table["status"] != "ok"]
     figures, evaluation = read_evaluation_output(output_folder)
     flag_below = settings.get("flag_below")
+    coverage = format_number(1 - settings.get("alpha", 0.1), 2, "")
     n_flagged = int(assessed["flagged"].sum())
     n_partial = int(sum(_partial_view(row) for _, row in assessed.iterrows()))
     decisions = _has_decisions(settings, assessed)
@@ -243,7 +192,7 @@ def write_report(output_folder: str, max_previews: int | None = DEFAULT_MAX_PREV
              f"<div class='stat{' alert' if n_flagged else ''}'><b>{n_flagged}</b>flagged</div>",
              f"<div class='stat'><b>{len(skipped)}</b>skipped</div>",
              f"<div class='stat{' alert' if n_partial else ''}'><b>{n_partial}</b>partial view</div>",
-             f"<div class='stat'><b>{_number(flag_below, 2) or 'n/a'}</b>flag threshold (predicted DSC)</div>",
+             f"<div class='stat'><b>{format_number(flag_below, 2)}</b>flag threshold (predicted DSC)</div>",
              *[f"<div class='stat'><b style='color:{DECISION_COLOURS[d]}'>{counts[d]}</b>{d}</div>"
                for d in counts],
              "</div>",
@@ -251,16 +200,16 @@ def write_report(output_folder: str, max_previews: int | None = DEFAULT_MAX_PREV
              "<p>nnQC estimates, without a reference segmentation, how well each segmentation would score against "
              "an expert one. <b>Predicted DSC</b> is the Dice similarity coefficient (overlap over all labels: 1 "
              "is perfect, 0 no overlap). <b>Predicted NSD</b> is the normalized surface Dice: the share of the "
-             f"boundary that lies within {_number(settings.get('nsd_tolerance_mm'), 2) or 'the tolerance'} mm of "
+             f"boundary that lies within {format_number(settings.get('nsd_tolerance_mm'), 2, 'the tolerance')} mm of "
              "the reference boundary, averaged over the regions. The ± is the standard deviation over the "
              "ensembled models; a large spread means they disagree and the estimate is less certain. A case is "
-             f"<b>flagged</b> when its predicted DSC is below {_number(flag_below, 2) or 'the threshold'}: review "
+             f"<b>flagged</b> when its predicted DSC is below {format_number(flag_below, 2, 'the threshold')}: review "
              "it before use. <b>Error volume</b> is the volume (mL) the model predicts to be wrongly segmented, per "
              "region. A <b>partial view</b> case was larger than the network's fixed input, or part of its "
              "segmentation lay outside the images' non-zero region: the network saw a window centred on the "
              "segmentation's foreground, and the share of the foreground it did not see is given. "
              + ("The <b>interval</b> holds the true DSC with probability "
-                f"{_number(1 - settings.get('alpha', 0.1), 2)}, calibrated on predictions of cases the models never "
+                f"{coverage}, calibrated on predictions of cases the models never "
                 "saw; <b>calibrated DSC</b> is the prediction corrected for the models' bias on such cases. The "
                 "<b>decision</b> is <i>fail</i> when the whole interval lies below the threshold, <i>pass</i> when it "
                 "lies at or above it, and <i>review</i> otherwise, when the case lies outside what the model was "
@@ -279,17 +228,18 @@ def write_report(output_folder: str, max_previews: int | None = DEFAULT_MAX_PREV
         parts.append("<table><tr>" + "".join(f"<th>{h}</th>" for h in header) + "</tr>")
         for rank, row in assessed.iterrows():
             cells = [str(rank + 1), f"<a href='#case-{rank + 1}'>{e(row['case'])}</a>",
-                     _with_sd(row["predicted_dsc"], row.get("predicted_dsc_sd")),
-                     _with_sd(row["predicted_nsd"], row.get("predicted_nsd_sd")),
+                     format_with_sd(row["predicted_dsc"], row.get("predicted_dsc_sd")),
+                     format_with_sd(row["predicted_nsd"], row.get("predicted_nsd_sd")),
                      _flag_badge(row["flagged"]) + _partial_badge(row),
-                     *([_number(row.get("calibrated_dsc")), _interval_text(row), _decision_badge(row),
+                     *([format_number(row.get("calibrated_dsc"), missing=""),
+                        format_interval(row.get("dsc_lower"), row.get("dsc_upper")), _decision_badge(row),
                         e(str(row.get("out_of_training_range") or "") if isinstance(row.get("out_of_training_range"),
                                                                                    str) else "")]
                        if decisions else []),
-                     *[_number(row.get(SEM_VOLUME_PREFIX + name), 2) for name in region_names]]
+                     *[format_number(row.get(SEM_VOLUME_PREFIX + name), 2, missing="") for name in region_names]]
             if has_truth:
                 truth = evaluation.loc[row["case"]] if row["case"] in evaluation.index else {}
-                cells += [_number(truth.get("true_dsc")), _number(truth.get("true_nsd"))]
+                cells += [format_number(truth.get(key), missing="") for key in ("true_dsc", "true_nsd")]
             css = " class='flagged'" if row["flagged"] else ""
             parts.append(f"<tr{css}><td>{cells[0]}</td><td class='case'>{cells[1]}</td>"
                          + "".join(f"<td>{c}</td>" for c in cells[2:]) + "</tr>")
@@ -299,8 +249,8 @@ def write_report(output_folder: str, max_previews: int | None = DEFAULT_MAX_PREV
             css = " flagged" if row["flagged"] else ""
             parts.append(f"<div class='card{css}' id='case-{rank + 1}'><h3>{rank + 1}. {e(row['case'])} "
                          f"{_flag_badge(row['flagged'])}{_partial_badge(row)}{_decision_badge(row)}</h3>"
-                         f"<div>DSC {_with_sd(row['predicted_dsc'], row.get('predicted_dsc_sd'))}, "
-                         f"NSD {_with_sd(row['predicted_nsd'], row.get('predicted_nsd_sd'))}</div>"
+                         f"<div>DSC {format_with_sd(row['predicted_dsc'], row.get('predicted_dsc_sd'))}, "
+                         f"NSD {format_with_sd(row['predicted_nsd'], row.get('predicted_nsd_sd'))}</div>"
                          f"{_partial_note(row)}")
             if max_previews is None or rank < max_previews:
                 try:

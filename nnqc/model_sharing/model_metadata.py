@@ -12,6 +12,7 @@ import os
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json, subdirs
 from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
+from nnqc.evaluation.figures import validation_line
 from nnqc.metrics.regions import get_regions, nsd_tolerance_mm
 from nnqc.paths import require
 
@@ -135,10 +136,6 @@ def load_model_metadata(model_folder: str, folds: list[int | str], checkpoint: s
     return built
 
 
-def _figure(value) -> str:
-    return f"{value:.3f}" if isinstance(value, int | float) and value == value else "n/a"
-
-
 def describe_model(metadata: dict) -> str:
     """A few lines for the start of nnQC_predict: which model assesses the cases, and how well it validated."""
     channels = ", ".join(f"{k}: {v}" for k, v in metadata["channel_names"].items())
@@ -156,10 +153,7 @@ def describe_model(metadata: dict) -> str:
         if summary is None:
             figures.append(f"fold {fold}: no validation summary")
         else:
-            figures.append(f"fold {fold}: DSC r {_figure(summary.get('dsc', {}).get('r'))}, NSD r "
-                           f"{_figure(summary.get('nsd', {}).get('r'))}, DSC_SEM "
-                           f"{_figure((summary.get('dsc_sem') or {}).get('mean'))} "
-                           f"({summary.get('num_samples', '?')} samples)")
+            figures.append(f"fold {fold}: {validation_line(summary)}")
     lines.append("  validation: " + "; ".join(figures))
     calibration = metadata.get("calibration")
     exported = metadata.get("exported_with")

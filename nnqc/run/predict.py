@@ -10,6 +10,7 @@ from batchgenerators.utilities.file_and_folder_operations import join
 
 from nnqc.calibration.conformal import DEFAULT_ALPHA, check_alpha
 from nnqc.calibration.decision import decision_counts
+from nnqc.evaluation.figures import format_interval, format_number
 from nnqc.inference.case_failures import ERROR, SKIPPED, status_kind
 from nnqc.inference.predictor import DEFAULT_FLAG_BELOW, nnQCPredictor
 from nnqc.model_sharing.model_metadata import describe_model, load_model_metadata
@@ -25,12 +26,9 @@ from nnqc.trusted_classes import trust_classes
 EXIT_FAILED, EXIT_CASE_ERRORS = 1, 2
 
 
-def _number(value) -> str:
-    return f"{value:.3f}" if isinstance(value, float) and value == value else ""
-
-
-def _interval(lower, upper) -> str:
-    return f"[{lower:.3f}, {upper:.3f}]" if _number(lower) and _number(upper) else ""
+def _table_number(value) -> str:
+    """A number in the printed table, its cell empty where there is none."""
+    return format_number(value, missing="")
 
 
 def _reason_names(text) -> str:
@@ -47,9 +45,9 @@ def print_table(table) -> None:
     shown = pd.DataFrame({"case": table["case"]})
     for column in ("predicted_dsc", "predicted_dsc_sd", "predicted_nsd", "calibrated_dsc"):
         if column in table:
-            shown[column] = table[column].map(_number)
+            shown[column] = table[column].map(_table_number)
     if "dsc_lower" in table:
-        shown["dsc_interval"] = [_interval(lo, hi) for lo, hi in zip(table["dsc_lower"], table["dsc_upper"])]
+        shown["dsc_interval"] = [format_interval(lo, hi) for lo, hi in zip(table["dsc_lower"], table["dsc_upper"])]
     for column in ("decision", "flagged", "partial_view"):
         if column in table:
             shown[column] = table[column].map(lambda v: "" if v is None or v != v else str(v))
@@ -57,7 +55,7 @@ def print_table(table) -> None:
         shown["out_of_range"] = table["out_of_training_range"].map(_reason_names)
     for column in table.columns:
         if column.startswith("sem_volume"):
-            shown[column] = table[column].map(_number)
+            shown[column] = table[column].map(_table_number)
     shown["status"] = table["status"]
     print(shown.to_string(index=False, max_colwidth=60))
 
