@@ -9,11 +9,12 @@ minute per configuration, for batch 1 and 4, in fp32 (nnQC_train --fp32) and und
 trainer's default on CUDA).
 
 What is measured. The step mirrors nnQCTrainer.train_step: the loader's batch copied to the device, network input
-and SEM targets built with nnqc.training.qc_inputs, the network built from nnQCPlanner's "architecture" entry for
-a 1 mm 160x192x160 brain (features 32-64-128-256, blocks 3-4-6-3, strides 2 at the stem, the max-pool and
-stages 2-4, kernels 3, stem 7), its outputs cast to fp32, QCLoss, backward (of the scaled loss under fp16),
-gradient clipping at 12, then Adam (lr 2.1e-4, weight decay 1e-4, foreach as on CUDA). One step runs first so that
-Adam's moments exist, as in every step but the first; the second step is measured. Reported, in GiB:
+and SEM targets built with nnqc.network_architecture.inputs and nnqc.training.qc_inputs, the network built from
+nnQCPlanner's "architecture" entry for a 1 mm 160x192x160 brain (features 32-64-128-256, blocks 3-4-6-3, strides 2
+at the stem, the max-pool and stages 2-4, kernels 3, stem 7), its outputs cast to fp32, QCLoss, backward (of the
+scaled loss under fp16), gradient clipping at 12, then Adam (lr 2.1e-4, weight decay 1e-4, foreach as on CUDA). One
+step runs first so that Adam's moments exist, as in every step but the first; the second step is measured.
+Reported, in GiB:
   input              the network input and SEM targets on the device (and anything else built with them);
   saved for bwd      the tensors autograd saves for backward during network + loss forward, counted with
                      torch.autograd.graph.saved_tensors_hooks and deduplicated by storage (a view and its base,
@@ -117,7 +118,8 @@ def host_batch(batch: int, patch: tuple[int, ...]) -> dict:
 
 def device_inputs(host: dict):
     """nnQCTrainer._inputs: the batch copied to the device (here: cloned), network input, quality, SEM targets."""
-    from nnqc.training.qc_inputs import network_input, sem_targets
+    from nnqc.network_architecture.inputs import network_input
+    from nnqc.training.qc_inputs import sem_targets
 
     images, reference, candidate, quality = (host[k].clone() for k in ("data", "reference", "candidate", "quality"))
     return network_input(images, candidate, BRATS_REGIONS), quality, sem_targets(reference, candidate, BRATS_REGIONS)

@@ -35,6 +35,7 @@ from nnqc.cpu_features import OVERRIDE_VARIABLE, cpu_has_native_bf16
 from nnqc.evaluation.qc_metrics import regression_summary, sem_dice_summary
 from nnqc.metrics.regions import get_regions
 from nnqc.network_architecture.build import build_network
+from nnqc.network_architecture.inputs import network_input
 from nnqc.preprocessing.preprocessor import nnQCPlansManager
 from nnqc.qc_data.targets_table import read_targets
 from nnqc.sampling import balanced_subset
@@ -52,7 +53,7 @@ from nnqc.training.logger import nnQCLocalLogger
 from nnqc.training.loss import QCLoss
 from nnqc.training.lr_schedule import ExponentialDecayLR
 from nnqc.training.precision import StepPrecision, step_precision
-from nnqc.training.qc_inputs import network_input, sem_targets
+from nnqc.training.qc_inputs import sem_targets
 from nnqc.training.transforms import qc_training_transforms
 from nnqc.training.validation_shards import PADDING_COLUMN, drop_padding, shard_for_rank
 from nnqc.trusted_classes import import_object

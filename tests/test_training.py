@@ -13,10 +13,11 @@ from conftest import QC_ID, TRAINER
 from nnunetv2.run.run_training import maybe_load_checkpoint
 
 from nnqc.metrics.regions import region_masks
+from nnqc.network_architecture.inputs import network_input
 from nnqc.sampling import dsc_bins
 from nnqc.training.loss import QCLoss
 from nnqc.training.lr_schedule import ExponentialDecayLR
-from nnqc.training.qc_inputs import network_input, sem_targets
+from nnqc.training.qc_inputs import sem_targets
 from nnqc.training.transforms import qc_training_transforms
 from nnqc_trainers.nnQCTrainer_ModalityDropout import drop_channels
 from nnqc_trainers.nnQCTrainer_schedules import nnQCTrainer_2epochs

@@ -10,7 +10,7 @@ from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
 from tqdm import tqdm
 
 from nnqc import paths
-from nnqc.experiment_planning.planner import QC_CONFIGURATION, nnQCPlanner
+from nnqc.experiment_planning.planner import DEFAULT_PLANS_NAME, QC_CONFIGURATION, nnQCPlanner
 from nnqc.geometry import image_mismatch
 from nnqc.preprocessing.preprocessor import (
     QCDatasetError,
@@ -19,8 +19,6 @@ from nnqc.preprocessing.preprocessor import (
     qc_raw_folder,
     resolve_dataset_name,
 )
-
-DEFAULT_PLANS_NAME = "nnQCPlans"
 
 
 def default_num_processes() -> int:

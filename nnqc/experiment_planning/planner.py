@@ -22,6 +22,7 @@ from nnqc.metrics.regions import get_regions, nsd_tolerance_mm
 from nnqc.preprocessing.preprocessor import QCDatasetError, reader_writer_from_dataset_json
 
 QC_CONFIGURATION = "3d_fullres"
+DEFAULT_PLANS_NAME = "nnQCPlans"  # the plans file and the middle of a model folder's name
 NUM_DOWNSAMPLINGS = 5  # stem, max-pool, stages 2-4 of QCResUNet
 QCRESUNET_CLASS_NAME = "nnqc.network_architecture.qcresunet.QCResUNet"
 QC_BATCH_SIZE = 4  # paper §3.5
@@ -31,7 +32,7 @@ class nnQCPlanner(ExperimentPlanner):
     """Plans nnQCPlans.json: only 3d_fullres, QCResUNet, a fixed input shape covering all subjects."""
 
     def __init__(self, dataset_name_or_id: str | int, gpu_memory_target_in_gb: float = 8,
-                 preprocessor_name: str = "nnQCPreprocessor", plans_name: str = "nnQCPlans",
+                 preprocessor_name: str = "nnQCPreprocessor", plans_name: str = DEFAULT_PLANS_NAME,
                  overwrite_target_spacing: Sequence[float] | None = None, suppress_transpose: bool = False):
         super().__init__(dataset_name_or_id, gpu_memory_target_in_gb, preprocessor_name, plans_name,
                          overwrite_target_spacing, suppress_transpose)

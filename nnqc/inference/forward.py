@@ -13,6 +13,7 @@ import numpy as np
 import torch
 from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice
 
+from nnqc.network_architecture.inputs import network_input
 from nnqc.preprocessing.cropping import (
     Window,
     crop_or_pad_to_window,
@@ -20,7 +21,6 @@ from nnqc.preprocessing.cropping import (
     undo_crop_or_pad_to_window,
     window_covers,
 )
-from nnqc.training.qc_inputs import network_input
 
 
 def network_view(segmentation: np.ndarray, candidate: np.ndarray, properties: dict, patch_size: Sequence[int],

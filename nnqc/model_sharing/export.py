@@ -30,7 +30,7 @@ from nnqc.calibration.calibration_file import (
     read_out_of_fold_predictions,
 )
 from nnqc.calibration.fold_coverage import TRAINING_RANGE_FILE
-from nnqc.experiment_planning.plan_and_preprocess import DEFAULT_PLANS_NAME as PLANS_IDENTIFIER
+from nnqc.experiment_planning.planner import DEFAULT_PLANS_NAME
 from nnqc.model_sharing.model_metadata import (
     CALIBRATION_FILE,
     DEFAULT_CHECKPOINT,
@@ -145,7 +145,7 @@ def export_model_folder_to_zip(model_folder: str, output_file: str, folds=None,
 
 
 def export_model_to_zip(dataset_name_or_id: str | int, output_file: str, configuration: str = "3d_fullres",
-                        trainer: str = "nnQCTrainer", plans: str = PLANS_IDENTIFIER, folds=None,
+                        trainer: str = "nnQCTrainer", plans: str = DEFAULT_PLANS_NAME, folds=None,
                         checkpoints: list[str] | tuple[str, ...] = (DEFAULT_CHECKPOINT,), training_logs: bool = False,
                         validation_predictions: bool = False) -> dict:
     """The model nnUNet_results/DatasetXXX/TRAINER__PLANS__CONFIGURATION as a zip (default: every fold)."""

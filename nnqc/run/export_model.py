@@ -6,9 +6,9 @@ import os
 import sys
 
 from nnqc.error_messages import one_line
+from nnqc.experiment_planning.planner import DEFAULT_PLANS_NAME
 from nnqc.model_sharing.export import export_model_to_zip
 from nnqc.model_sharing.model_metadata import DEFAULT_CHECKPOINT, describe_model
-from nnqc.run.train import PLANS_IDENTIFIER
 
 
 def export_model_to_zip_entry() -> None:
@@ -19,7 +19,7 @@ def export_model_to_zip_entry() -> None:
     parser.add_argument("-o", required=True, help="output file (FILE.zip)")
     parser.add_argument("-c", default="3d_fullres", help="configuration (default 3d_fullres)")
     parser.add_argument("-tr", default="nnQCTrainer", help="trainer (default nnQCTrainer)")
-    parser.add_argument("-p", default=PLANS_IDENTIFIER, help=f"plans identifier (default {PLANS_IDENTIFIER})")
+    parser.add_argument("-p", default=DEFAULT_PLANS_NAME, help=f"plans identifier (default {DEFAULT_PLANS_NAME})")
     parser.add_argument("-f", nargs="+", default=None, help="folds to export (default: every trained fold)")
     parser.add_argument("-chk", nargs="+", default=[DEFAULT_CHECKPOINT],
                         help=f"checkpoints to export from each fold (default {DEFAULT_CHECKPOINT})")

@@ -2,8 +2,8 @@
 import argparse
 import sys
 
-from nnqc.experiment_planning.plan_and_preprocess import DEFAULT_PLANS_NAME, plan_and_preprocess
-from nnqc.experiment_planning.planner import QC_CONFIGURATION
+from nnqc.experiment_planning.plan_and_preprocess import plan_and_preprocess
+from nnqc.experiment_planning.planner import DEFAULT_PLANS_NAME, QC_CONFIGURATION
 from nnqc.preprocessing.preprocessor import QCDatasetError
 
 

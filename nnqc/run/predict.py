@@ -11,13 +11,13 @@ from batchgenerators.utilities.file_and_folder_operations import join
 from nnqc.calibration.conformal import DEFAULT_ALPHA, check_alpha
 from nnqc.calibration.decision import decision_counts
 from nnqc.evaluation.figures import format_interval, format_number
+from nnqc.experiment_planning.planner import DEFAULT_PLANS_NAME
 from nnqc.inference.case_failures import ERROR, SKIPPED, status_kind
 from nnqc.inference.predictor import DEFAULT_FLAG_BELOW, nnQCPredictor
 from nnqc.model_sharing.model_metadata import describe_model, load_model_metadata
 from nnqc.model_sharing.model_metadata import trained_model_folder as model_folder
 from nnqc.output_files import ERRORS_LOG
 from nnqc.run.threads import set_thread_counts
-from nnqc.run.train import PLANS_IDENTIFIER
 from nnqc.trusted_classes import trust_classes
 
 # exit status: 0 when every case was assessed or skipped for a named problem with its inputs (at least one
@@ -73,7 +73,7 @@ def predict_entry() -> None:
     parser.add_argument("-c", default=None, help="configuration (default 3d_fullres)")
     parser.add_argument("-f", nargs="+", default=None, help="folds to ensemble (default: every trained fold)")
     parser.add_argument("-tr", default=None, help="trainer (default nnQCTrainer)")
-    parser.add_argument("-p", default=None, help=f"plans identifier (default {PLANS_IDENTIFIER})")
+    parser.add_argument("-p", default=None, help=f"plans identifier (default {DEFAULT_PLANS_NAME})")
     parser.add_argument("-chk", default="checkpoint_final.pth", help="checkpoint name (default checkpoint_final.pth)")
     parser.add_argument("-device", default="cuda", choices=("cuda", "cpu", "mps"), help="device (default cuda)")
     parser.add_argument("--no_maps", action="store_true", help="do not write the error maps")
@@ -123,7 +123,7 @@ def predict_entry() -> None:
     predictor = nnQCPredictor(device, fp32=args.fp32)
     try:
         folder = args.m if args.m is not None else model_folder(
-            args.d, args.tr or "nnQCTrainer", args.p or PLANS_IDENTIFIER, args.c or "3d_fullres")
+            args.d, args.tr or "nnQCTrainer", args.p or DEFAULT_PLANS_NAME, args.c or "3d_fullres")
         predictor.initialize_from_trained_model_folder(folder, args.f, args.chk, not args.no_recalibration)
         metadata = load_model_metadata(folder, predictor.folds, args.chk)
         metadata.update(trainer=predictor.trainer_name, configuration=predictor.configuration_name)

@@ -11,16 +11,15 @@ from batchgenerators.utilities.file_and_folder_operations import join, load_json
 from nnunetv2.run.run_training import find_free_network_port, maybe_load_checkpoint
 from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
 
+from nnqc.experiment_planning.planner import DEFAULT_PLANS_NAME
 from nnqc.paths import require
 from nnqc.run.threads import set_thread_counts
 from nnqc.trainer_lookup import get_trainer_class
 from nnqc.trusted_classes import trust_classes
 
-PLANS_IDENTIFIER = "nnQCPlans"
-
 
 def get_trainer(dataset_name_or_id: str | int, configuration: str, fold: int | str,
-                trainer_name: str | type = "nnQCTrainer", plans_identifier: str = PLANS_IDENTIFIER,
+                trainer_name: str | type = "nnQCTrainer", plans_identifier: str = DEFAULT_PLANS_NAME,
                 continue_training: bool = False, device: torch.device = torch.device("cuda")):
     """Instantiate a trainer (name or class) for a preprocessed QC dataset, as nnU-Net's get_trainer_from_args."""
     trainer_class = trainer_name if isinstance(trainer_name, type) else get_trainer_class(trainer_name)
@@ -87,7 +86,7 @@ def _run_ddp(rank: int, world_size: int, kwargs: dict, run_kwargs: dict, backend
 
 
 def run_training(dataset_name_or_id: str | int, configuration: str, fold: int | str,
-                 trainer_name: str | type = "nnQCTrainer", plans_identifier: str = PLANS_IDENTIFIER,
+                 trainer_name: str | type = "nnQCTrainer", plans_identifier: str = DEFAULT_PLANS_NAME,
                  num_gpus: int = 1, continue_training: bool = False, only_run_validation: bool = False,
                  val_with_best: bool = False, disable_checkpointing: bool = False,
                  device: torch.device = torch.device("cuda"), backend: str | None = None, fp32: bool = False) -> None:
@@ -121,7 +120,7 @@ def train_entry() -> None:
     parser.add_argument("configuration", help="configuration in the plans, e.g. 3d_fullres")
     parser.add_argument("fold", help="fold 0-4, or 'all'")
     parser.add_argument("-tr", default="nnQCTrainer", help="trainer class (default nnQCTrainer)")
-    parser.add_argument("-p", default=PLANS_IDENTIFIER, help=f"plans identifier (default {PLANS_IDENTIFIER})")
+    parser.add_argument("-p", default=DEFAULT_PLANS_NAME, help=f"plans identifier (default {DEFAULT_PLANS_NAME})")
     parser.add_argument("-num_gpus", type=int, default=1,
                         help="GPUs for DistributedDataParallel training (with -device cpu: CPU processes, gloo)")
     parser.add_argument("--c", action="store_true", help="continue from the latest checkpoint")
