@@ -19,6 +19,8 @@ import time
 import numpy as np
 import SimpleITK as sitk
 
+from nnqc.training.time_budget import read_schedule
+
 SOURCE_ID, QC_ID = 500, 501
 SOURCE_NAME = "DemoPhantom"
 TRAINER = "nnQCTrainer_CPUDemo"
@@ -35,6 +37,16 @@ def step(title: str) -> float:
 def run(*command: str, env: dict | None = None) -> None:
     print("$", " ".join(command), flush=True)
     subprocess.run(command, check=True, env={**os.environ, **(env or {})})
+
+
+def training_precision() -> str:
+    """What the CPU trainer will compute in (nnQCTrainer's default: bf16 autocast only where it is native)."""
+    from nnqc.cpu_features import OVERRIDE_VARIABLE, cpu_has_native_bf16
+
+    forced = os.environ.get(OVERRIDE_VARIABLE, "").strip() in ("0", "1")
+    reason = f"{OVERRIDE_VARIABLE} set" if forced else "detected"
+    return (f"bf16 autocast (native bf16, {reason})" if cpu_has_native_bf16()
+            else f"fp32 (no native bf16, {reason})")
 
 
 def folders(root: str) -> dict:
@@ -98,6 +110,10 @@ def main() -> None:
     parser.add_argument("--lesion_size", type=float, nargs=2, default=(0.35, 0.6),
                         help="lesion radius range as a fraction of the brain radius: larger than BraTS's so that "
                              "phantoms this small carry enough error voxels for a short training")
+    parser.add_argument("--training_minutes", type=float, default=10.0,
+                        help="the training's time budget: the trainer times its own step and takes as many "
+                             "iterations per epoch (20 to 100) as fit, so that the demo takes about as long on a CPU "
+                             "with native bf16 as on one without")
     parser.add_argument("-np", type=int, default=2, help="processes for conversion and preprocessing")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
@@ -124,13 +140,16 @@ def main() -> None:
     run("nnQC_plan_and_preprocess", "-d", str(QC_ID), "-np", str(args.np))
     print(f"({time.time() - t:.0f} s)")
 
-    t = step(f"4/6 nnQC_train ({TRAINER}, fold 0, CPU)")
+    t = step(f"4/6 nnQC_train ({TRAINER}, fold 0, CPU, {args.training_minutes:g} min budget)")
+    print(f"precision: {training_precision()}")
     model = os.path.join(env["nnUNet_results"], f"Dataset{QC_ID}_{SOURCE_NAME}QC",
                          f"{TRAINER}__nnQCPlans__3d_fullres", "fold_0")
     if not os.path.isfile(os.path.join(model, "checkpoint_final.pth")):
         # data augmentation in-process: on 2 cores a separate worker only competes with training
         run("nnQC_train", str(QC_ID), "3d_fullres", "0", "-tr", TRAINER, "-device", "cpu",
-            *(["--c"] if os.path.isdir(model) else []), env={"nnUNet_n_proc_DA": "0"})
+            *(["--c"] if os.path.isdir(model) else []),
+            env={"nnUNet_n_proc_DA": "0", "nnQC_training_minutes": str(args.training_minutes)})
+    schedule = read_schedule(model)
     print(f"({time.time() - t:.0f} s)")
 
     t = step("5/6 nnQC_predict on held-out cases, segmentations from good to poor")
@@ -151,6 +170,8 @@ def main() -> None:
     print(f"  DSC  Pearson r {dsc['r']:.3f}   MAE {dsc['mae']:.3f} ± {dsc['mae_sd']:.3f}")
     print(f"  NSD  Pearson r {nsd['r']:.3f}   MAE {nsd['mae']:.3f} ± {nsd['mae_sd']:.3f}")
     print(f"  DSC_SEM (mean over regions) {sem['mean']:.3f}")
+    if schedule is not None:
+        print(f"  {schedule.describe()}")
     # calibrated decisions: interval coverage and width, AURC beside the optimal and a random ranking, decision
     # counts, the bias on good segmentations before and after recalibration
     from nnqc.evaluation.evaluate import calibration_lines
