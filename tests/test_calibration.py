@@ -29,14 +29,13 @@ from nnqc.calibration.conformal import (
 from nnqc.calibration.decision import FAIL, PASS, REVIEW, decide, decide_all, decision_counts
 from nnqc.calibration.recalibration import IsotonicMap, cross_fitted, subject_groups
 from nnqc.calibration.training_range import (
-    IMAGE_INTENSITIES_PROPERTY,
     CaseStatistics,
     TrainingCoverage,
     case_statistics,
-    image_intensity_statistics,
     out_of_training_range,
     training_intensity_range,
 )
+from nnqc.preprocessing.intensity_statistics import IMAGE_INTENSITIES_PROPERTY, image_intensity_statistics
 
 
 def synthetic_predictions(rng: np.random.Generator, n: int) -> tuple[np.ndarray, np.ndarray]:
@@ -352,8 +351,8 @@ def test_image_intensity_statistics_are_those_of_the_non_zero_region():
 
 
 def test_large_images_are_judged_on_a_regular_subsample(monkeypatch):
-    import nnqc.calibration.training_range as training_range
-    monkeypatch.setattr(training_range, "MAX_INTENSITY_VOXELS", 100)
+    import nnqc.preprocessing.intensity_statistics as intensity_statistics
+    monkeypatch.setattr(intensity_statistics, "MAX_INTENSITY_VOXELS", 100)
     images = np.arange(1, 1001, dtype=np.float64).reshape(1, 10, 10, 10)
     assert image_intensity_statistics(images)[0]["median"] == pytest.approx(np.median(np.arange(1, 1001, 10)))
 

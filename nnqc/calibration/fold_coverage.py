@@ -17,7 +17,8 @@ import pandas as pd
 from batchgenerators.utilities.file_and_folder_operations import isfile, join, load_json, maybe_mkdir_p
 
 from nnqc.atomic_files import write_json_atomically
-from nnqc.calibration.training_range import IMAGE_INTENSITIES_PROPERTY, TrainingCoverage, training_intensity_range
+from nnqc.calibration.training_range import TrainingCoverage, training_intensity_range
+from nnqc.preprocessing.intensity_statistics import IMAGE_INTENSITIES_PROPERTY
 from nnqc.qc_data.targets_table import LABELS_COLUMN, parse_labels
 
 TRAINING_RANGE_FILE = "training_range.json"

@@ -51,9 +51,9 @@ from nnqc.atomic_files import (
     save_npz_atomically,
     write_json_atomically,
 )
-from nnqc.calibration.training_range import IMAGE_INTENSITIES_PROPERTY, image_intensity_statistics
 from nnqc.geometry import properties_mismatch
 from nnqc.metrics.regions import allowed_labels
+from nnqc.preprocessing.intensity_statistics import IMAGE_INTENSITIES_PROPERTY, image_intensity_statistics
 from nnqc.process_pool import map_unordered
 from nnqc.qc_data.targets_table import read_targets
 
