@@ -84,13 +84,13 @@ def main() -> None:
         from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
 
         from nnqc.experiment_planning.plan_and_preprocess import extract_fingerprint, plan
+        from nnqc.preprocessing.plans_manager import nnQCPlansManager
         from nnqc.preprocessing.preprocessor import (
             PREPROCESSED_CANDIDATES_FOLDER,
-            candidates_by_subject,
             input_fingerprint,
-            nnQCPlansManager,
             nnQCPreprocessor,
         )
+        from nnqc.preprocessing.qc_dataset import candidates_by_subject
 
         class LargeDatasetSampling(DatasetFingerprintExtractor):
             """nnU-Net spreads 1e8 sampled intensities over the subjects: sample per subject as for 1000."""

@@ -36,7 +36,7 @@ from nnqc.evaluation.qc_metrics import regression_summary, sem_dice_summary
 from nnqc.metrics.regions import get_regions
 from nnqc.network_architecture.build import build_network
 from nnqc.network_architecture.inputs import network_input
-from nnqc.preprocessing.preprocessor import nnQCPlansManager
+from nnqc.preprocessing.plans_manager import nnQCPlansManager
 from nnqc.qc_data.targets_table import read_targets
 from nnqc.sampling import balanced_subset
 from nnqc.training.cpu_bf16 import instance_norms_in_fp32

@@ -20,7 +20,7 @@ from nnqc.experiment_planning.plan_and_preprocess import extract_fingerprint, pl
 from nnqc.experiment_planning.planner import nnQCPlanner
 from nnqc.metrics.dice import multiclass_dice, region_dice
 from nnqc.metrics.regions import get_regions
-from nnqc.preprocessing.preprocessor import QCDatasetError
+from nnqc.preprocessing.qc_dataset import QCDatasetError
 from nnqc.run.plan_and_preprocess import plan_and_preprocess_entry
 
 BRATS_LABELS = {"background": 0, "whole_tumor": [1, 2, 3], "tumor_core": [2, 3], "enhancing_tumor": 3}
@@ -482,7 +482,7 @@ def test_plan_only_writes_3d_fullres_plans(nnunet_folders, brain):
 
 
 def test_qc_folds_follow_the_source_dataset_splits(tmp_path, monkeypatch):
-    from nnqc.preprocessing.preprocessor import splits_of_source_dataset
+    from nnqc.preprocessing.splits import splits_of_source_dataset
 
     monkeypatch.setenv("nnUNet_preprocessed", str(tmp_path))
     (tmp_path / "Dataset027_ACDC").mkdir()

@@ -9,7 +9,7 @@ import torch
 from conftest import QC_ID, TRAINER
 
 from nnqc.inference.predictor import nnQCPredictor
-from nnqc.preprocessing.preprocessor import nnQCPlansManager
+from nnqc.preprocessing.plans_manager import nnQCPlansManager
 from nnqc.run.predict import model_folder
 
 SHAPE = (30, 40, 36)  # input (z, y, x), 1 mm

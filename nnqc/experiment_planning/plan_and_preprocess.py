@@ -12,13 +12,8 @@ from tqdm import tqdm
 from nnqc import paths
 from nnqc.experiment_planning.planner import DEFAULT_PLANS_NAME, QC_CONFIGURATION, nnQCPlanner
 from nnqc.geometry import image_mismatch
-from nnqc.preprocessing.preprocessor import (
-    QCDatasetError,
-    candidates_by_subject,
-    nnQCPreprocessor,
-    qc_raw_folder,
-    resolve_dataset_name,
-)
+from nnqc.preprocessing.preprocessor import nnQCPreprocessor
+from nnqc.preprocessing.qc_dataset import QCDatasetError, candidates_by_subject, qc_raw_folder, resolve_dataset_name
 
 
 def default_num_processes() -> int:

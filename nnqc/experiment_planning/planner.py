@@ -19,7 +19,8 @@ from nnunetv2.utilities.json_export import recursive_fix_for_json_export
 from nnqc import paths
 from nnqc.atomic_files import copy_atomically, write_json_atomically
 from nnqc.metrics.regions import get_regions, nsd_tolerance_mm
-from nnqc.preprocessing.preprocessor import QCDatasetError, reader_writer_from_dataset_json
+from nnqc.preprocessing.qc_dataset import QCDatasetError
+from nnqc.preprocessing.readers import reader_writer_from_dataset_json
 
 QC_CONFIGURATION = "3d_fullres"
 DEFAULT_PLANS_NAME = "nnQCPlans"  # the plans file and the middle of a model folder's name

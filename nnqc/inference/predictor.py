@@ -53,7 +53,9 @@ from nnqc.metrics.regions import allowed_labels, get_regions, nsd_tolerance_mm
 from nnqc.metrics.sem import decode_sem_bits, encode_sem_bits
 from nnqc.model_sharing.model_metadata import METADATA_FILE
 from nnqc.preprocessing.cropping import Window, foreground_window
-from nnqc.preprocessing.preprocessor import QCDatasetError, nnQCPlansManager, nnQCPreprocessor
+from nnqc.preprocessing.plans_manager import nnQCPlansManager
+from nnqc.preprocessing.preprocessor import nnQCPreprocessor
+from nnqc.preprocessing.qc_dataset import QCDatasetError
 
 DEFAULT_FLAG_BELOW = 0.7
 

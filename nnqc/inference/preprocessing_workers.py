@@ -16,7 +16,7 @@ import torch
 from nnqc.inference.case_failures import CaseError, unexpected
 from nnqc.inference.cases import CaseFiles
 from nnqc.metrics.regions import get_regions
-from nnqc.preprocessing.preprocessor import nnQCPlansManager
+from nnqc.preprocessing.plans_manager import nnQCPlansManager
 
 _WORKER_PREDICTOR = None
 

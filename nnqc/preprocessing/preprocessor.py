@@ -17,27 +17,13 @@ import os
 import shutil
 import tempfile
 from collections.abc import Sequence
-from functools import partial
-from typing import Callable
 
 import blosc2
 import numpy as np
-import pandas as pd
 from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice
 from batchgenerators.utilities.file_and_folder_operations import isdir, isfile, join, load_json, load_pickle
-from nnunetv2.imageio.base_reader_writer import BaseReaderWriter
-from nnunetv2.imageio.reader_writer_registry import LIST_OF_IO_CLASSES
-from nnunetv2.imageio.simpleitk_reader_writer import SimpleITKIO
-from nnunetv2.preprocessing.normalization.map_channel_name_to_normalization import (
-    channel_name_to_normalization_mapping,
-)
 from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
-from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape, resample_data_or_seg_to_shape
-from nnunetv2.preprocessing.resampling.no_resampling import no_resampling_hack
-from nnunetv2.preprocessing.resampling.resample_torch import resample_torch_fornnunet
-from nnunetv2.utilities.crossval_split import generate_crossval_split
-from nnunetv2.utilities.dataset_name_id_conversion import maybe_convert_to_dataset_name
-from nnunetv2.utilities.label_handling.label_handling import LabelManager
+from nnunetv2.preprocessing.resampling.default_resampling import compute_new_shape
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from nnunetv2.utilities.utils import get_filenames_of_train_images_and_targets
 from tqdm import tqdm
@@ -54,12 +40,18 @@ from nnqc.atomic_files import (
 from nnqc.geometry import properties_mismatch
 from nnqc.metrics.regions import allowed_labels
 from nnqc.preprocessing.intensity_statistics import IMAGE_INTENSITIES_PROPERTY, image_intensity_statistics
+from nnqc.preprocessing.plans_manager import NORMALIZATION_SCHEMES, lookup, nnQCPlansManager
+from nnqc.preprocessing.qc_dataset import (
+    QCDatasetError,
+    candidates_by_subject,
+    qc_raw_folder,
+    resolve_dataset_name,
+)
+from nnqc.preprocessing.readers import candidate_reader_writer
+from nnqc.preprocessing.splits import write_splits
 from nnqc.process_pool import map_unordered
-from nnqc.qc_data.targets_table import read_targets
+from nnqc.qc_data.targets_table import TARGETS_CSV
 
-CANDIDATES_FOLDER = "candidatesTr"
-CANDIDATE_FILE_ENDING = ".nii.gz"
-QC_TARGETS_FILE = "qc_targets.csv"
 PREPROCESSED_CANDIDATES_FOLDER = "candidates"
 SUBJECT_OUTPUT_SUFFIXES = (".b2nd", "_seg.b2nd", ".pkl")  # the .pkl goes last: it marks a complete subject
 # per subject, INPUTS_RECORD_FOLDER/SUBJ.json: the fingerprints of the files its outputs were made from. In a folder
@@ -67,140 +59,6 @@ SUBJECT_OUTPUT_SUFFIXES = (".b2nd", "_seg.b2nd", ".pkl")  # the .pkl goes last: 
 INPUTS_RECORD_FOLDER = "inputs"
 INPUTS_RECORD_FORMAT = 1
 TEMPORARY_FOLDER_PREFIX = ".tmp_"  # scratch folders in which a subject's outputs are written together
-NUM_FOLDS = 5
-SPLIT_SEED = 12345
-
-
-class QCDatasetError(RuntimeError):
-    """A QC dataset that cannot be planned or preprocessed as it is; the message names the file or case."""
-
-
-# nnU-Net resolves the class and function names stored in plans by walking its packages. nnQC resolves them
-# from these explicit tables of the objects nnU-Net ships, so nothing is imported by name.
-READER_WRITERS = {rw.__name__: rw for rw in LIST_OF_IO_CLASSES}
-RESAMPLING_FUNCTIONS = {fn.__name__: fn for fn in (resample_data_or_seg_to_shape, resample_torch_fornnunet,
-                                                   no_resampling_hack)}
-NORMALIZATION_SCHEMES = {cls.__name__: cls for cls in channel_name_to_normalization_mapping.values()}
-LABEL_MANAGERS = {LabelManager.__name__: LabelManager}
-
-
-def _lookup(table: dict, name: str, what: str):
-    if name not in table:
-        raise QCDatasetError(f"Unknown {what} {name!r} in the plans. nnQC supports: {sorted(table)}")
-    return table[name]
-
-
-class nnQCConfigurationManager(ConfigurationManager):
-    """nnU-Net's ConfigurationManager with resampling functions taken from an explicit table."""
-
-    def _resampling_fn(self, key: str) -> Callable:
-        fn = _lookup(RESAMPLING_FUNCTIONS, self.configuration[key], "resampling function")
-        return partial(fn, **self.configuration[key + "_kwargs"])
-
-    @property
-    def resampling_fn_data(self) -> Callable:
-        return self._resampling_fn("resampling_fn_data")
-
-    @property
-    def resampling_fn_seg(self) -> Callable:
-        return self._resampling_fn("resampling_fn_seg")
-
-    @property
-    def resampling_fn_probabilities(self) -> Callable:
-        return self._resampling_fn("resampling_fn_probabilities")
-
-    @property
-    def preprocessor_class(self) -> type[DefaultPreprocessor]:
-        return _lookup({c.__name__: c for c in (DefaultPreprocessor, nnQCPreprocessor)}, self.preprocessor_name,
-                       "preprocessor")
-
-
-class nnQCPlansManager(PlansManager):
-    """nnU-Net's PlansManager with the reader/writer and label manager taken from explicit tables."""
-
-    def get_configuration(self, configuration_name: str) -> nnQCConfigurationManager:
-        if configuration_name not in self.plans["configurations"]:
-            raise QCDatasetError(f"Configuration {configuration_name!r} is not in plans {self.plans_name} "
-                                 f"(available: {self.available_configurations})")
-        return nnQCConfigurationManager(self._internal_resolve_configuration_inheritance(configuration_name))
-
-    @property
-    def image_reader_writer_class(self) -> type[BaseReaderWriter]:
-        return _lookup(READER_WRITERS, self.plans["image_reader_writer"], "image reader/writer")
-
-    @property
-    def label_manager_class(self) -> type[LabelManager]:
-        return _lookup(LABEL_MANAGERS, self.plans.get("label_manager", "LabelManager"), "label manager")
-
-
-def reader_writer_from_dataset_json(dataset_json: dict, example_file: str) -> type[BaseReaderWriter]:
-    """The reader/writer nnU-Net would pick for this dataset: the declared override, else the first class
-    supporting the file ending that can open `example_file`."""
-    declared = dataset_json.get("overwrite_image_reader_writer")
-    if declared is not None and declared != "None":
-        return _lookup(READER_WRITERS, declared, "image reader/writer (overwrite_image_reader_writer)")
-    ending = dataset_json["file_ending"].lower()
-    for rw in LIST_OF_IO_CLASSES:
-        if ending in rw.supported_file_endings:
-            try:
-                rw().read_images((example_file,))
-            except Exception:
-                continue
-            return rw
-    raise QCDatasetError(f"No nnU-Net reader/writer can read {example_file} (file ending {ending})")
-
-
-def resolve_dataset_name(dataset_name_or_id: int | str) -> str:
-    """DatasetXXX_Name for an id or name, with an nnQC error when it cannot be found."""
-    try:
-        return maybe_convert_to_dataset_name(dataset_name_or_id)
-    except (RuntimeError, ValueError) as e:
-        raise QCDatasetError(f"Dataset {dataset_name_or_id} not found: {e}") from e
-
-
-def qc_raw_folder(dataset_name: str) -> str:
-    """The raw folder of a QC dataset, checked to be one (it has candidatesTr/ and qc_targets.csv)."""
-    folder = join(paths.require("nnUNet_raw"), dataset_name)
-    if not isdir(folder):
-        raise QCDatasetError(f"Dataset {dataset_name} not found in nnUNet_raw ({folder} does not exist)")
-    for name in ("dataset.json", QC_TARGETS_FILE, CANDIDATES_FOLDER):
-        if not os.path.exists(join(folder, name)):
-            raise QCDatasetError(f"{dataset_name} is not an nnQC dataset: {name} is missing in {folder}. "
-                                 f"Build QC datasets with nnQC_convert.")
-    return folder
-
-
-def read_qc_targets(raw_folder: str) -> pd.DataFrame:
-    """qc_targets.csv through the one reader (nnqc.qc_data.targets_table), errors as QCDatasetError."""
-    try:
-        return read_targets(join(raw_folder, QC_TARGETS_FILE))
-    except (OSError, ValueError) as e:
-        raise QCDatasetError(str(e)) from None
-
-
-def candidate_file(raw_folder: str, sample: str) -> str:
-    return join(raw_folder, CANDIDATES_FOLDER, sample + CANDIDATE_FILE_ENDING)
-
-
-def candidates_by_subject(raw_folder: str, subjects: Sequence[str]) -> dict[str, list[tuple[str, str]]]:
-    """{subject: [(sample, candidate file), ...]} from qc_targets.csv, every subject and file checked."""
-    targets = read_qc_targets(raw_folder)
-    known = set(subjects)
-    unknown = sorted(set(targets["subject"]) - known)
-    if unknown:
-        raise QCDatasetError(f"{join(raw_folder, QC_TARGETS_FILE)} names subjects without images in imagesTr: "
-                             f"{unknown[:5]}")
-    grouped: dict[str, list[tuple[str, str]]] = {s: [] for s in subjects}
-    missing = []
-    for sample, subject in zip(targets["sample"], targets["subject"]):
-        file = candidate_file(raw_folder, sample)
-        if not isfile(file):
-            missing.append(file)
-        grouped[subject].append((sample, file))
-    if missing:
-        raise QCDatasetError(f"{len(missing)} candidate file(s) listed in {QC_TARGETS_FILE} are missing, "
-                             f"e.g. {missing[:3]}")
-    return grouped
 
 
 def input_fingerprint(path: str) -> list:
@@ -218,29 +76,6 @@ def _read_inputs_record(path: str) -> dict:
     if not isinstance(record, dict) or record.get("format") != INPUTS_RECORD_FORMAT:
         return {}
     return record
-
-
-def splits_of_source_dataset(qc_dataset_json: dict, subjects: Sequence[str]) -> list[dict] | None:
-    """The folds of the source dataset (nnUNet_preprocessed/SOURCE/splits_final.json) restricted to these
-    subjects, when that file exists and places every subject in exactly one validation fold.
-
-    Keeps QC folds aligned with the segmenter's: no QC model is validated on cases its candidates' segmenter
-    trained on, and groups the source kept together (e.g. the frames of one ACDC patient) stay together.
-    """
-    source = qc_dataset_json.get("nnqc", {}).get("source_dataset")
-    if not source or not paths.nnUNet_preprocessed():
-        return None
-    file = join(paths.nnUNet_preprocessed(), source, "splits_final.json")
-    if not isfile(file):
-        return None
-    wanted = set(subjects)
-    splits = [{"train": sorted(set(f["train"]) & wanted), "val": sorted(set(f["val"]) & wanted)}
-              for f in load_json(file)]
-    validated = [s for f in splits for s in f["val"]]
-    if sorted(validated) != sorted(wanted) or any(not f["train"] or not f["val"] for f in splits):
-        print(f"WARNING: {file} does not validate each subject exactly once: not reusing it")
-        return None
-    return splits
 
 
 class nnQCPreprocessor(DefaultPreprocessor):
@@ -263,24 +98,18 @@ class nnQCPreprocessor(DefaultPreprocessor):
     def _normalize(self, data: np.ndarray, seg: np.ndarray, configuration_manager: ConfigurationManager,
                    foreground_intensity_properties_per_channel: dict) -> np.ndarray:
         for c in range(data.shape[0]):
-            scheme = _lookup(NORMALIZATION_SCHEMES, configuration_manager.normalization_schemes[c],
+            scheme = lookup(NORMALIZATION_SCHEMES, configuration_manager.normalization_schemes[c],
                              "normalization scheme")
             normalizer = scheme(use_mask_for_norm=configuration_manager.use_mask_for_norm[c],
                                 intensityproperties=foreground_intensity_properties_per_channel[str(c)])
             data[c] = normalizer.run(data[c], seg[0])
         return data
 
-    @staticmethod
-    def candidate_reader_writer(plans_manager: PlansManager) -> type[BaseReaderWriter]:
-        """The subject's reader when it reads candidate files (same axes handling), SimpleITK otherwise."""
-        rw = plans_manager.image_reader_writer_class
-        return rw if CANDIDATE_FILE_ENDING in rw.supported_file_endings else SimpleITKIO
-
     def preprocess_candidate(self, candidate_file: str, subject_properties: dict, preprocessed_shape: Sequence[int],
                              plans_manager: PlansManager, configuration_manager: ConfigurationManager,
                              labels: Sequence[int]) -> np.ndarray:
         """Read a candidate file and bring it onto its preprocessed subject's grid: uint8 (1, *shape)."""
-        seg, properties = self.candidate_reader_writer(plans_manager)().read_seg(candidate_file)
+        seg, properties = candidate_reader_writer(plans_manager)().read_seg(candidate_file)
         mismatch = properties_mismatch(properties, subject_properties)
         if mismatch is not None:
             raise QCDatasetError(f"Candidate {candidate_file} does not share its subject's geometry: {mismatch}")
@@ -469,9 +298,10 @@ class nnQCPreprocessor(DefaultPreprocessor):
 
     @staticmethod
     def _write_dataset_files(raw_folder: str, preprocessed_folder: str, dataset: dict, file_ending: str) -> None:
-        """qc_targets.csv, gt_segmentations/ (as nnU-Net) and splits_final.json (folds by subject). The copies
-        are renewed when their bytes differ from the source's, whatever the modification times say."""
-        targets_source, targets_copy = join(raw_folder, QC_TARGETS_FILE), join(preprocessed_folder, QC_TARGETS_FILE)
+        """qc_targets.csv, gt_segmentations/ (as nnU-Net) and splits_final.json (folds by subject, see
+        nnqc.preprocessing.splits). The copies are renewed when their bytes differ from the source's, whatever the
+        modification times say."""
+        targets_source, targets_copy = join(raw_folder, TARGETS_CSV), join(preprocessed_folder, TARGETS_CSV)
         if not is_complete_copy(targets_source, targets_copy):
             copy_atomically(targets_source, targets_copy)
 
@@ -482,23 +312,4 @@ class nnQCPreprocessor(DefaultPreprocessor):
             if not is_complete_copy(files["label"], target):
                 copy_atomically(files["label"], target)
 
-        subjects = sorted(dataset)
-        splits_file = join(preprocessed_folder, "splits_final.json")
-        if isfile(splits_file):
-            existing = load_json(splits_file)
-            if all(sorted(f["train"] + f["val"]) == subjects and not set(f["train"]) & set(f["val"])
-                   for f in existing):
-                return
-            print(f"{splits_file} does not split exactly this dataset's subjects: writing new folds")
-        if len(subjects) < 2:
-            print(f"WARNING: {len(subjects)} subject(s): no cross-validation folds written")
-            return
-        splits = splits_of_source_dataset(load_json(join(raw_folder, "dataset.json")), subjects)
-        if splits is not None:
-            print("Using the source dataset's cross-validation folds (its splits_final.json)")
-        else:
-            num_folds = min(NUM_FOLDS, len(subjects))
-            if num_folds < NUM_FOLDS:
-                print(f"WARNING: only {len(subjects)} subjects: writing {num_folds} folds instead of {NUM_FOLDS}")
-            splits = generate_crossval_split(subjects, seed=SPLIT_SEED, n_splits=num_folds)
-        write_json_atomically(splits_file, [{k: [str(s) for s in v] for k, v in fold.items()} for fold in splits])
+        write_splits(raw_folder, preprocessed_folder, list(dataset))

@@ -4,7 +4,7 @@ import sys
 
 from nnqc.experiment_planning.plan_and_preprocess import plan_and_preprocess
 from nnqc.experiment_planning.planner import DEFAULT_PLANS_NAME, QC_CONFIGURATION
-from nnqc.preprocessing.preprocessor import QCDatasetError
+from nnqc.preprocessing.qc_dataset import QCDatasetError
 
 
 def plan_and_preprocess_entry() -> None:

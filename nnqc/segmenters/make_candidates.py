@@ -22,7 +22,7 @@ from tqdm import tqdm
 
 from nnqc import paths
 from nnqc.atomic_files import write_json_atomically
-from nnqc.preprocessing.preprocessor import NUM_FOLDS, SPLIT_SEED
+from nnqc.preprocessing.splits import NUM_FOLDS, SPLIT_SEED
 from nnqc.qc_data.dataset_io import SourceDataset, open_source_dataset
 from nnqc.segmenters.channel_subsets import parse_subsets
 from nnqc.segmenters.derived_dataset import SegmenterRoots, write_derived_dataset

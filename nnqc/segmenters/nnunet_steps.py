@@ -9,7 +9,8 @@ from nnunetv2.experiment_planning.experiment_planners.default_experiment_planner
 from nnunetv2.imageio.base_reader_writer import BaseReaderWriter
 from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
 
-from nnqc.preprocessing.preprocessor import nnQCPreprocessor, reader_writer_from_dataset_json
+from nnqc.preprocessing.preprocessor import nnQCPreprocessor
+from nnqc.preprocessing.readers import reader_writer_from_dataset_json
 
 
 class SegmenterPlanner(ExperimentPlanner):

@@ -20,7 +20,7 @@ from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnqc.atomic_files import replace_atomically
-from nnqc.preprocessing.preprocessor import nnQCPlansManager
+from nnqc.preprocessing.plans_manager import nnQCPlansManager
 from nnqc.segmenters.snapshot_state import SnapshotState
 
 

@@ -29,7 +29,7 @@ def prepared_marker(preprocessed_dataset: str, configuration: str) -> str:
 
 
 def _preprocess_case(task: tuple) -> None:
-    from nnqc.preprocessing.preprocessor import nnQCPlansManager
+    from nnqc.preprocessing.plans_manager import nnQCPlansManager
     from nnqc.segmenters.nnunet_steps import SegmenterPreprocessor
 
     output, images, label, plans, configuration, dataset_json = task
