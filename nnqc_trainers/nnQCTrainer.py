@@ -10,7 +10,6 @@ collective call per step and every rank runs the same number of steps (see nnqc.
 from __future__ import annotations
 
 import math
-import os
 from time import time
 
 import numpy as np
@@ -18,21 +17,19 @@ import pandas as pd
 import torch
 from batchgenerators.dataloading.nondet_multi_threaded_augmenter import NonDetMultiThreadedAugmenter
 from batchgenerators.dataloading.single_threaded_augmenter import SingleThreadedAugmenter
-from batchgenerators.utilities.file_and_folder_operations import join, load_pickle, maybe_mkdir_p
+from batchgenerators.utilities.file_and_folder_operations import join, load_pickle
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class
 from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
-from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 from nnunetv2.utilities.helpers import dummy_context
 from nnunetv2.utilities.plans_handling.plans_handler import ConfigurationManager, PlansManager
 from torch import autocast, nn
 from torch import distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
-from nnqc.atomic_files import replace_atomically, write_json_atomically
 from nnqc.calibration.fold_coverage import write_fold_coverage
 from nnqc.checkpoint_files import load_checkpoint
-from nnqc.cpu_features import OVERRIDE_VARIABLE, cpu_has_native_bf16
-from nnqc.evaluation.qc_metrics import regression_summary, sem_dice_summary
+from nnqc.cpu_features import cpu_has_native_bf16
+from nnqc.evaluation.qc_metrics import regression_summary
 from nnqc.metrics.regions import get_regions
 from nnqc.network_architecture.build import build_network
 from nnqc.network_architecture.inputs import network_input
@@ -41,27 +38,16 @@ from nnqc.qc_data.targets_table import read_targets
 from nnqc.sampling import balanced_subset
 from nnqc.training.cpu_bf16 import instance_norms_in_fp32
 from nnqc.training.data_loader import iterate_batches, nnQCDataLoader, nnQCValidationLoader
-from nnqc.training.loader_memory import (
-    LoaderPlan,
-    batch_bytes,
-    memory_available_bytes,
-    nnunet_defaults,
-    plan_loader,
-    shm_free_bytes,
-)
+from nnqc.training.final_validation import predictions_table, summary_line, write_final_validation
+from nnqc.training.loader_memory import LoaderPlan, plan_data_loading
 from nnqc.training.logger import nnQCLocalLogger
 from nnqc.training.loss import QCLoss
 from nnqc.training.lr_schedule import ExponentialDecayLR
-from nnqc.training.precision import StepPrecision, step_precision
+from nnqc.training.precision import StepPrecision, describe_precision, step_precision
 from nnqc.training.qc_inputs import sem_targets
 from nnqc.training.transforms import qc_training_transforms
-from nnqc.training.validation_shards import PADDING_COLUMN, drop_padding, shard_for_rank
+from nnqc.training.validation_shards import PADDING_COLUMN, gather_outputs, shard_for_rank
 from nnqc.trusted_classes import import_object
-
-# qc_predictions_all.csv: every validation sample of the fold, in its natural distribution (out-of-fold
-# predictions for calibration); per-region true DSC and DSC_SEM columns follow these
-ALL_PREDICTIONS_COLUMNS = ("sample", "subject", "source", "generator", "dsc", "nsd", "predicted_dsc",
-                           "predicted_nsd")
 
 
 def sem_dice_per_sample(sem_logits: torch.Tensor, sem_target: torch.Tensor) -> torch.Tensor:
@@ -188,17 +174,9 @@ class nnQCTrainer(nnUNetTrainer):
         return self.grad_scaler if self.step_precision().grad_scaler else None
 
     def precision_description(self) -> str:
-        if self.device.type == "cuda":
-            return ("mixed precision (fp16 autocast, loss in fp32)" if self.cuda_mixed_precision
-                    else "fp32 (cuda_mixed_precision = False / --fp32)")
-        if self.uses_cpu_bf16():
-            return (f"bf16 autocast on this CPU's native bf16 (instance norms and loss in fp32; "
-                    f"cpu_bf16_autocast = False or {OVERRIDE_VARIABLE}=0 for fp32)")
-        if self.device.type == "cpu" and self.cpu_bf16_autocast:
-            if os.environ.get(OVERRIDE_VARIABLE, "").strip() == "0":
-                return f"fp32 ({OVERRIDE_VARIABLE}=0)"
-            return "fp32 (this CPU has no native bf16)"
-        return "fp32"
+        """What runs in which precision on this device, for the training log (see describe_precision)."""
+        return describe_precision(self.device.type, self.cuda_mixed_precision, self.cpu_bf16_autocast,
+                                  self.uses_cpu_bf16())
 
     def _autocast(self):
         precision = self.step_precision()
@@ -282,25 +260,12 @@ class nnQCTrainer(nnUNetTrainer):
         return train, val
 
     def loader_plan(self) -> LoaderPlan | None:
-        """Background workers and queue depths for whole-case batches, bounded by cores (nnU-Net's
-        get_allowed_n_proc_DA) and by the shared and host memory they need (nnqc.training.loader_memory); None for
-        loading in the main process (nnUNet_n_proc_DA=0). Raises LoaderMemoryError, before any worker starts,
-        where not even one fits."""
-        n_proc = get_allowed_n_proc_DA()
-        if n_proc == 0:
-            return None
-        batch = batch_bytes(self.batch_size, self.configuration_manager.patch_size,
-                            len(self.dataset_json["channel_names"]))
-        pin = self.device.type == "cuda"
-        full = nnunet_defaults(n_proc)
-        plan = plan_loader(batch, n_proc, shm_free_bytes(), memory_available_bytes(), pin, validation_workers=1)
-        self.print_to_log_file(
-            f"data loading: batches of {batch / 1e9:.3f} GB; {plan.train_workers} training workers (queue "
-            f"{plan.train_cached}) and {plan.val_workers} validation worker(s) (queue {plan.val_cached}) need "
-            f"{plan.shm_bytes / 1e9:.2f} GB of shared memory and {plan.host_bytes / 1e9:.2f} GB of host memory")
-        if (plan.train_workers, plan.train_cached) != (n_proc, full[0]):
-            self.print_to_log_file(f"data loading: fewer workers or shorter queues than the {n_proc} workers (queue "
-                                   f"{full[0]}) the cores allow, to fit in the free shared and host memory")
+        """Background workers and queue depths for whole-case batches, logged (see
+        nnqc.training.loader_memory.plan_data_loading); None for loading in the main process."""
+        plan, lines = plan_data_loading(self.batch_size, self.configuration_manager.patch_size,
+                                        len(self.dataset_json["channel_names"]), self.device.type == "cuda")
+        for line in lines:
+            self.print_to_log_file(line)
         return plan
 
     def record_training_coverage(self, subjects, training_samples: pd.DataFrame) -> None:
@@ -374,16 +339,8 @@ class nnQCTrainer(nnUNetTrainer):
                              else np.full((n, len(self.regions)), np.nan))}
 
     def _gather(self, outputs: list[dict]) -> dict:
-        """Per-sample validation outputs of all batches of all ranks (one collective call, after the last step),
-        padding dropped; batches may be ragged. "loss" holds the per-batch losses."""
-        if self.is_ddp:
-            everything = [None] * dist.get_world_size()
-            dist.all_gather_object(everything, outputs)
-            outputs = [o for rank in everything for o in rank]
-        per_sample = {"samples": [s for o in outputs for s in o["samples"]],
-                      **{k: np.concatenate([o[k] for o in outputs]) for k in ("true", "predicted", "sem_dice")}}
-        padding = np.concatenate([o[PADDING_COLUMN] for o in outputs])
-        return {"loss": np.array([o["loss"] for o in outputs], dtype=np.float64), **drop_padding(per_sample, padding)}
+        """Per-sample validation outputs of all batches of all ranks (see validation_shards.gather_outputs)."""
+        return gather_outputs(outputs, self.is_ddp)
 
     def on_validation_epoch_end(self, val_outputs: list[dict]) -> None:
         out = self._gather(val_outputs)
@@ -472,47 +429,17 @@ class nnQCTrainer(nnUNetTrainer):
         out = self._gather(outputs)
         if self.local_rank != 0:
             return None
-        predicted = pd.DataFrame({"predicted_dsc": out["predicted"][:, 0], "predicted_nsd": out["predicted"][:, 1],
-                                  **{f"dsc_sem_{name}": out["sem_dice"][:, i]
-                                     for i, name in enumerate(self.region_names)}}, index=out["samples"])
-        if predicted.index.has_duplicates or set(predicted.index) != set(samples["sample"]):
-            raise RuntimeError(f"fold {self.fold}: the validation predictions do not cover the validation samples "
-                               f"exactly once ({len(predicted)} predictions for {len(samples)} samples)")
-        return predicted.loc[samples["sample"]].reset_index(drop=True)
+        return predictions_table(out, samples, self.region_names, self.fold)
 
     def perform_actual_validation(self, save_probabilities: bool = False) -> dict | None:
-        """Predict every validation sample of the fold and write
-        - validation/qc_predictions_all.csv: all of them, in their natural distribution (out-of-fold predictions
-          for calibration): sample, subject, source, generator, true and predicted DSC/NSD, per-region true DSC
-          and DSC_SEM;
-        - validation/qc_predictions.csv and summary.json: the deterministically balanced subset (SPEC §4), whose
-          metrics are the reported validation figures (summary.json also has those of all samples)."""
+        """Predict every validation sample of the fold and write validation/qc_predictions_all.csv (all of them:
+        the out-of-fold predictions for calibration), qc_predictions.csv and summary.json (the balanced subset:
+        the reported figures); see nnqc.training.final_validation. Rank 0 returns the summary, the others None."""
         samples = self.validation_samples()
         predicted = self.predict_samples(samples)
         if predicted is None:
             return None
-        everything = pd.concat([samples, predicted], axis=1)
-        region_dsc = [f"dsc_{name}" for name in self.region_names if f"dsc_{name}" in everything]
-        sem_columns = [f"dsc_sem_{name}" for name in self.region_names]
-        all_table = everything[[c for c in ALL_PREDICTIONS_COLUMNS if c in everything] + region_dsc + sem_columns]
-        table = everything.iloc[balanced_subset(everything["dsc"].to_numpy())]
-        table = table[["sample", "subject", "source", "dsc", "nsd", "predicted_dsc", "predicted_nsd",
-                       *sem_columns]].reset_index(drop=True)
-        summary = {"fold": self.fold, "num_samples": len(table), "trainer": type(self).__name__,
-                   "dsc": regression_summary(table["dsc"], table["predicted_dsc"]),
-                   "nsd": regression_summary(table["nsd"], table["predicted_nsd"]),
-                   "dsc_sem": sem_dice_summary(table[sem_columns].to_numpy(), self.region_names),
-                   "all_samples": {"num_samples": len(all_table),
-                                   "dsc": regression_summary(all_table["dsc"], all_table["predicted_dsc"]),
-                                   "nsd": regression_summary(all_table["nsd"], all_table["predicted_nsd"])}}
-        folder = join(self.output_folder, "validation")
-        maybe_mkdir_p(folder)
-        for name, frame in (("qc_predictions_all.csv", all_table), ("qc_predictions.csv", table)):
-            replace_atomically(join(folder, name), lambda path, frame=frame: frame.to_csv(path, index=False))
-        write_json_atomically(join(folder, "summary.json"), summary)
-        self.print_to_log_file(f"final validation on {len(table)} balanced samples: DSC r {summary['dsc']['r']:.4f} "
-                               f"MAE {summary['dsc']['mae']:.4f}, NSD r {summary['nsd']['r']:.4f} MAE "
-                               f"{summary['nsd']['mae']:.4f}, DSC_SEM {summary['dsc_sem']['mean']:.4f}; on all "
-                               f"{len(all_table)} validation samples: DSC r {summary['all_samples']['dsc']['r']:.4f}, "
-                               f"NSD r {summary['all_samples']['nsd']['r']:.4f}")
+        summary = write_final_validation(self.output_folder, samples, predicted, self.region_names, self.fold,
+                                         type(self).__name__)
+        self.print_to_log_file(summary_line(summary))
         return summary

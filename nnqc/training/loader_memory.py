@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
+from nnunetv2.utilities.default_n_proc_DA import get_allowed_n_proc_DA
 
 SHM_FOLDER = "/dev/shm"
 WORKER_BATCHES = 2  # a worker's own working set, in batches (see above)
@@ -139,3 +140,24 @@ def memory_available_bytes() -> int | None:
         return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return None
+
+
+def plan_data_loading(batch_size: int, patch_size: Sequence[int], num_images: int, pinned: bool
+                      ) -> tuple[LoaderPlan | None, list[str]]:
+    """(plan, lines for the training log) of the background workers and queue depths for whole-case batches,
+    bounded by cores (nnU-Net's get_allowed_n_proc_DA) and by the shared and host memory they need; no plan for
+    loading in the main process (nnUNet_n_proc_DA=0). Raises LoaderMemoryError, before any worker starts, where
+    not even one fits."""
+    n_proc = get_allowed_n_proc_DA()
+    if n_proc == 0:
+        return None, []
+    batch = batch_bytes(batch_size, patch_size, num_images)
+    full = nnunet_defaults(n_proc)
+    plan = plan_loader(batch, n_proc, shm_free_bytes(), memory_available_bytes(), pinned, validation_workers=1)
+    lines = [f"data loading: batches of {batch / 1e9:.3f} GB; {plan.train_workers} training workers (queue "
+             f"{plan.train_cached}) and {plan.val_workers} validation worker(s) (queue {plan.val_cached}) need "
+             f"{plan.shm_bytes / 1e9:.2f} GB of shared memory and {plan.host_bytes / 1e9:.2f} GB of host memory"]
+    if (plan.train_workers, plan.train_cached) != (n_proc, full[0]):
+        lines.append(f"data loading: fewer workers or shorter queues than the {n_proc} workers (queue "
+                     f"{full[0]}) the cores allow, to fit in the free shared and host memory")
+    return plan, lines

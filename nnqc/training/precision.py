@@ -6,9 +6,12 @@ the default (the paper trains with mixed precision) but lets `nnQC_train --fp32`
 """
 from __future__ import annotations
 
+import os
 from dataclasses import dataclass
 
 import torch
+
+from nnqc.cpu_features import OVERRIDE_VARIABLE
 
 
 @dataclass(frozen=True)
@@ -30,3 +33,20 @@ def step_precision(device_type: str, cuda_mixed_precision: bool, cpu_bf16: bool)
     if device_type == "cpu" and cpu_bf16:
         return StepPrecision("cpu", torch.bfloat16, False)
     return FP32
+
+
+def describe_precision(device_type: str, cuda_mixed_precision: bool, cpu_bf16_autocast: bool, cpu_bf16: bool
+                       ) -> str:
+    """The training log's account of step_precision: what runs in which precision, and how to change it.
+    cpu_bf16_autocast: bf16 asked for on the CPU; cpu_bf16: asked for and native (the step runs in bf16)."""
+    if device_type == "cuda":
+        return ("mixed precision (fp16 autocast, loss in fp32)" if cuda_mixed_precision
+                else "fp32 (cuda_mixed_precision = False / --fp32)")
+    if cpu_bf16:
+        return (f"bf16 autocast on this CPU's native bf16 (instance norms and loss in fp32; "
+                f"cpu_bf16_autocast = False or {OVERRIDE_VARIABLE}=0 for fp32)")
+    if device_type == "cpu" and cpu_bf16_autocast:
+        if os.environ.get(OVERRIDE_VARIABLE, "").strip() == "0":
+            return f"fp32 ({OVERRIDE_VARIABLE}=0)"
+        return "fp32 (this CPU has no native bf16)"
+    return "fp32"

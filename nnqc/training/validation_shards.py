@@ -9,9 +9,11 @@ per-sample outputs once, after the last step.
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import numpy as np
 import pandas as pd
+from torch import distributed as dist
 
 PADDING_COLUMN = "is_padding"
 
@@ -34,3 +36,17 @@ def drop_padding(per_sample: dict, is_padding: np.ndarray) -> dict:
     keep = np.flatnonzero(~np.asarray(is_padding, dtype=bool))
     return {key: value[keep] if isinstance(value, np.ndarray) else [value[i] for i in keep]
             for key, value in per_sample.items()}
+
+
+def gather_outputs(outputs: Sequence[dict], is_ddp: bool) -> dict:
+    """Per-sample validation outputs ("samples", "true", "predicted", "sem_dice", PADDING_COLUMN) of all batches
+    of all ranks, exchanged in one collective call after the last step, padding dropped; batches may be ragged.
+    "loss" holds the per-batch losses."""
+    if is_ddp:
+        everything = [None] * dist.get_world_size()
+        dist.all_gather_object(everything, outputs)
+        outputs = [o for rank in everything for o in rank]
+    per_sample = {"samples": [s for o in outputs for s in o["samples"]],
+                  **{k: np.concatenate([o[k] for o in outputs]) for k in ("true", "predicted", "sem_dice")}}
+    padding = np.concatenate([o[PADDING_COLUMN] for o in outputs])
+    return {"loss": np.array([o["loss"] for o in outputs], dtype=np.float64), **drop_padding(per_sample, padding)}
