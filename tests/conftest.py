@@ -6,7 +6,6 @@ plan and preprocess -> two folds of nnQCTrainer_2epochs on CPU.
 Every test's setup and call run under a time limit (DEFAULT_TIME_LIMIT_S, or @pytest.mark.time_limit(seconds)
 for tests of code that must not hang), so that a hang fails the test that hangs instead of stopping the suite.
 """
-import os
 import signal
 import time
 from dataclasses import dataclass
@@ -14,6 +13,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
+from helpers import use_nnunet_folders
 from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
 
 SOURCE_ID, QC_ID = 700, 701
@@ -96,12 +96,9 @@ def trained_pipeline(tmp_path_factory) -> TrainedPipeline:
 
     base = tmp_path_factory.mktemp("nnqc_pipeline")
     pipeline = TrainedPipeline(str(base / "raw"), str(base / "preprocessed"), str(base / "results"), "", "")
-    for folder in (pipeline.raw, pipeline.preprocessed, pipeline.results):
-        os.makedirs(folder)
-    saved = {k: os.environ.get(k) for k in (*pipeline.env(), "nnUNet_n_proc_DA")}
-    os.environ.update(pipeline.env())
-    os.environ["nnUNet_n_proc_DA"] = "0"
-    try:
+    with pytest.MonkeyPatch.context() as environment:
+        use_nnunet_folders(environment, **pipeline.env())
+        environment.setenv("nnUNet_n_proc_DA", "0")
         pipeline.source_folder = write_phantom_dataset(SOURCE_ID, "Phantom", 8, "brats", shape=(40, 48, 40), seed=3,
                                                        num_test=3)
         pipeline.qc_dataset = convert_dataset(SOURCE_ID, QC_ID, num_seggen=2, num_degradations=6,
@@ -111,18 +108,11 @@ def trained_pipeline(tmp_path_factory) -> TrainedPipeline:
         np.random.seed(0)
         for fold in (0, 1):
             run_training(QC_ID, "3d_fullres", fold, TRAINER, device=torch.device("cpu"))
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
     return pipeline
 
 
 @pytest.fixture
 def pipeline_env(trained_pipeline, monkeypatch) -> TrainedPipeline:
     """The trained pipeline with nnU-Net's folder variables pointing at it for one test."""
-    for key, value in trained_pipeline.env().items():
-        monkeypatch.setenv(key, value)
+    use_nnunet_folders(monkeypatch, **trained_pipeline.env())
     return trained_pipeline

@@ -12,7 +12,9 @@ from types import SimpleNamespace
 
 import numpy as np
 import pytest
-import SimpleITK as sitk
+from helpers import read_image as _read
+from helpers import use_nnunet_folders
+from helpers import write_like as _write_like
 from nnunetv2.preprocessing.cropping.cropping import crop_to_nonzero
 from surface_distance import compute_surface_dice_at_tolerance, compute_surface_distances
 
@@ -40,21 +42,6 @@ SPACING = (2.0, 1.0, 1.5)  # array (z, y, x) order, anisotropic on purpose
 SUBJECTS = [f"case_{i:04d}" for i in range(4)]
 # the configuration every comparison uses: ~90 samples, a few seconds
 OPTIONS = dict(num_seggen=2, num_degradations=18, seed=5)
-
-
-def _read(path):
-    image = sitk.ReadImage(path)
-    return sitk.GetArrayFromImage(image), image
-
-
-def _write_like(array, like: sitk.Image, path, spacing=None, origin=None):
-    image = sitk.GetImageFromArray(array)
-    image.CopyInformation(like)
-    if spacing is not None:
-        image.SetSpacing(spacing)
-    if origin is not None:
-        image.SetOrigin(origin)
-    sitk.WriteImage(image, path, True)
 
 
 def _make_external_folder(folder, source, subjects, corrupt):
@@ -102,10 +89,7 @@ def _assert_same_dataset(a, b):
 def env(tmp_path_factory):
     root = tmp_path_factory.mktemp("convert")
     patch = pytest.MonkeyPatch()
-    patch.setenv("nnUNet_raw", str(root / "raw"))
-    patch.delenv("nnUNet_preprocessed", raising=False)
-    patch.delenv("nnUNet_results", raising=False)
-    os.makedirs(root / "raw")
+    use_nnunet_folders(patch, nnUNet_raw=root / "raw")
     source = write_phantom_dataset(SOURCE_ID, "Phantom", len(SUBJECTS), "brats", SHAPE, SPACING, seed=3,
                                    oblique=True)
     shifted = str(root / "preds ep10")

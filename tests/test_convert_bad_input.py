@@ -1,7 +1,6 @@
 """nnQC_convert on bad input: every defect is refused in one error naming the case and the file, nothing is
 written, and the input folders stay byte-identical. One tiny source dataset is built once; each case copies it
 (or an external candidate folder) and breaks one thing."""
-import hashlib
 import os
 import shutil
 import sys
@@ -10,6 +9,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from helpers import read_image as _read
+from helpers import tree_hashes as _tree_hash
+from helpers import use_nnunet_folders
+from helpers import write_like as _write
 from nnunetv2.preprocessing.cropping.cropping import crop_to_nonzero
 
 from dataset_conversion.phantoms import write_phantom_dataset
@@ -29,10 +32,7 @@ BROKEN = "case_0001"
 def source(tmp_path_factory):
     root = tmp_path_factory.mktemp("bad_input")
     patch = pytest.MonkeyPatch()
-    patch.setenv("nnUNet_raw", str(root / "raw"))
-    patch.delenv("nnUNet_preprocessed", raising=False)
-    patch.delenv("nnUNet_results", raising=False)
-    os.makedirs(root / "raw")
+    use_nnunet_folders(patch, nnUNet_raw=root / "raw")
     folder = write_phantom_dataset(SOURCE_ID, "Tiny", len(SUBJECTS), "brats", SHAPE, (1.0, 1.0, 1.0), seed=1)
     externals = str(root / "externals")
     os.makedirs(externals)
@@ -40,18 +40,6 @@ def source(tmp_path_factory):
         shutil.copyfile(os.path.join(folder, "labelsTr", s + ".nii.gz"), os.path.join(externals, s + ".nii.gz"))
     yield root, folder, externals
     patch.undo()
-
-
-def _tree_hash(folder: str) -> dict[str, str]:
-    """Relative path -> sha256 of every file, plus every folder (so that nothing appears either)."""
-    found = {}
-    for root, _, names in os.walk(folder):
-        rel = os.path.relpath(root, folder)
-        found[rel + os.sep] = "folder"
-        for n in names:
-            with open(os.path.join(root, n), "rb") as f:
-                found[os.path.join(rel, n)] = hashlib.sha256(f.read()).hexdigest()
-    return found
 
 
 def _run(monkeypatch, capsys, *args) -> tuple[int, str]:
@@ -63,23 +51,6 @@ def _run(monkeypatch, capsys, *args) -> tuple[int, str]:
     except SystemExit as e:
         code = e.code
     return code, capsys.readouterr().err
-
-
-def _read(path):
-    image = sitk.ReadImage(path)
-    return sitk.GetArrayFromImage(image), image
-
-
-def _write(array, like, path, spacing=None, origin=None, direction=None):
-    image = sitk.GetImageFromArray(array)
-    image.CopyInformation(like)
-    if spacing is not None:
-        image.SetSpacing(spacing)
-    if origin is not None:
-        image.SetOrigin(origin)
-    if direction is not None:
-        image.SetDirection(direction)
-    sitk.WriteImage(image, path, True)
 
 
 def _reference(dataset):

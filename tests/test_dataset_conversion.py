@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from helpers import write_image as _write
 from nnunetv2.experiment_planning.verify_dataset_integrity import verify_dataset_integrity
 from nnunetv2.preprocessing.cropping.cropping import crop_to_nonzero
 from scipy.spatial.transform import Rotation
@@ -17,14 +18,6 @@ from dataset_conversion.phantoms import make_acdc_phantom, make_brats_phantom, w
 
 OBLIQUE = tuple(Rotation.from_rotvec([0.3, -0.2, 0.1]).as_matrix().ravel())
 RADIOLOGICAL = (-1.0, 0.0, 0.0, 0.0, -1.0, 0.0, 0.0, 0.0, 1.0)
-
-
-def _write(array: np.ndarray, path: str, spacing: tuple, origin: tuple, direction: tuple) -> None:
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing(spacing)
-    image.SetOrigin(origin)
-    image.SetDirection(direction)
-    sitk.WriteImage(image, path, True)
 
 
 def _snapshot(folder: str) -> dict:

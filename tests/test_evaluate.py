@@ -10,6 +10,7 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 import surface_distance
+from helpers import write_image, write_json
 
 from nnqc.evaluation.evaluate import evaluate_predictions
 from nnqc.metrics.sem import decode_sem_bits, encode_sem_bits
@@ -71,10 +72,8 @@ PREDICTED = {"perfect": (0.9, 0.92), "missing_b": (0.6, 0.55), "swapped": (0.55,
 
 
 def write_volume(array: np.ndarray, path, spacing_zyx=SPACING_ZYX) -> None:
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing(tuple(reversed(spacing_zyx)))
-    image.SetOrigin(ORIGIN)
-    sitk.WriteImage(image, str(path), True)
+    """An image at this module's origin, its spacing given in the array's (z, y, x) order."""
+    write_image(array, path, tuple(reversed(spacing_zyx)), ORIGIN)
 
 
 def make_prediction_output(base, with_maps: bool = True) -> dict:
@@ -281,7 +280,7 @@ def test_command_line_and_no_writes_outside_output(tmp_path):
     before_out = {p for p in before if p.startswith(folders["out"] + os.sep)}
     raw = tmp_path / "raw" / "Dataset901_ToyQC"
     raw.mkdir(parents=True)
-    (raw / "dataset.json").write_text(json.dumps({**DATASET_JSON, "nsd_tolerance_mm": 3.0}))
+    write_json(raw / "dataset.json", {**DATASET_JSON, "nsd_tolerance_mm": 3.0})
     env = {**os.environ, "nnUNet_raw": str(tmp_path / "raw")}
     env.pop("nnUNet_preprocessed", None)
     env.pop("nnUNet_results", None)

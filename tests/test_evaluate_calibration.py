@@ -4,6 +4,7 @@ import os
 
 import numpy as np
 import pandas as pd
+from helpers import write_json
 from test_evaluate import FLAG_BELOW, case_volumes, make_prediction_output
 
 from nnqc.calibration.decision import decide
@@ -40,8 +41,7 @@ def add_calibration(folders: dict, alpha: float = 0.1) -> pd.DataFrame:
     settings.update(alpha=alpha, recalibration=True, calibration_warnings=[],
                     calibration={"available": True, "built_from": {"folds": [0, 1], "sources": []},
                                  "num_samples": 400})
-    with open(settings_path, "w") as f:
-        json.dump(settings, f)
+    write_json(settings_path, settings)
     return table
 
 

@@ -6,6 +6,7 @@ import os
 import numpy as np
 import pytest
 import SimpleITK as sitk
+from helpers import NNUNET_FOLDERS, use_nnunet_folders, write_json
 
 from nnqc.segmenters.channel_subsets import ALL, derived_dataset_json, parse_subset, parse_subsets
 from nnqc.segmenters.snapshot_state import SnapshotState, resolve_snapshot_epochs
@@ -63,20 +64,15 @@ def made(tmp_path_factory):
     from nnqc.segmenters.make_candidates import make_candidates
 
     base = tmp_path_factory.mktemp("make_candidates")
-    env = {k: str(base / k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
-    for folder in env.values():
-        os.makedirs(folder)
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    try:
+    with pytest.MonkeyPatch.context() as environment:
+        env = use_nnunet_folders(environment, **{k: base / k for k in NNUNET_FOLDERS})
         source = write_phantom_dataset(SOURCE_ID, "Phantom", 6, "brats", shape=(32, 40, 32), seed=5, oblique=True,
                                        lesion_size=(0.35, 0.6))
         subjects = sorted(f[:-len(".nii.gz")] for f in os.listdir(os.path.join(source, "labelsTr")))
         # a two-fold split in the source's preprocessed folder, as nnU-Net keeps it
         splits = [{"train": subjects[3:], "val": subjects[:3]}, {"train": subjects[:3], "val": subjects[3:]}]
         os.makedirs(os.path.join(env["nnUNet_preprocessed"], os.path.basename(source)))
-        with open(os.path.join(env["nnUNet_preprocessed"], os.path.basename(source), "splits_final.json"), "w") as f:
-            json.dump(splits, f)
+        write_json(os.path.join(env["nnUNet_preprocessed"], os.path.basename(source), "splits_final.json"), splits)
         before = _tree_digest(source)
         arguments = dict(subsets=["T1", "all"], snapshots=["1", "100%"], trainer=TRAINER, device="cpu",
                          num_processes=1, use_mirroring=False)
@@ -86,12 +82,6 @@ def made(tmp_path_factory):
         rerun = make_candidates(SOURCE_ID, **arguments)
         yield dict(source=source, subjects=subjects, splits=splits, result=result, rerun=rerun, mtimes=mtimes,
                    before=before, env=env)
-    finally:
-        for k, v in saved.items():
-            if v is None:
-                os.environ.pop(k, None)
-            else:
-                os.environ[k] = v
 
 
 def test_one_out_of_fold_candidate_per_subject_subset_and_snapshot(made):

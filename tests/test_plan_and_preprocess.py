@@ -11,6 +11,7 @@ import pandas as pd
 import pytest
 import SimpleITK as sitk
 from batchgenerators.utilities.file_and_folder_operations import load_json, load_pickle
+from helpers import NNUNET_FOLDERS, use_nnunet_folders, write_image, write_json
 from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
 from nnunetv2.training.dataloading.nnunet_dataset import infer_dataset_class, nnUNetDatasetBlosc2
 from scipy.ndimage import binary_erosion
@@ -46,11 +47,8 @@ def _ellipsoid(shape, center, radii):
 
 
 def _write(array: np.ndarray, file: str, spacing, origin, direction) -> None:
-    image = sitk.GetImageFromArray(array)
-    image.SetSpacing([float(s) for s in spacing[::-1]])
-    image.SetOrigin(origin)
-    image.SetDirection(direction)
-    sitk.WriteImage(image, file, useCompression=True)
+    """An image with its spacing given in the array's (z, y, x) order."""
+    write_image(array, file, spacing[::-1], origin, direction)
 
 
 def _brain_subject(rng, shape):
@@ -89,8 +87,7 @@ def write_qc_dataset(raw: str, dataset_id: int, kind: str, num_subjects: int, se
                     "nnqc": {"source_dataset": f"Dataset{dataset_id - 400:03d}_{kind}"}}
     if kind == "Brain":
         dataset_json["regions_class_order"] = [1, 2, 3]
-    with open(os.path.join(folder, "dataset.json"), "w") as f:
-        json.dump(dataset_json, f)
+    write_json(os.path.join(folder, "dataset.json"), dataset_json)
     region_names, regions = get_regions(dataset_json)
     rows = []
     for i in range(num_subjects):
@@ -120,12 +117,8 @@ def write_qc_dataset(raw: str, dataset_id: int, kind: str, num_subjects: int, se
 @pytest.fixture(scope="module")
 def nnunet_folders(tmp_path_factory):
     base = tmp_path_factory.mktemp("nnunet")
-    folders = {k: str(base / k) for k in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results")}
-    for f in folders.values():
-        os.makedirs(f)
     with pytest.MonkeyPatch.context() as mp:
-        for k, v in folders.items():
-            mp.setenv(k, v)
+        folders = use_nnunet_folders(mp, **{k: base / k for k in NNUNET_FOLDERS})
         mp.setenv("nnUNet_def_n_proc", "1")
         yield folders
 
@@ -235,9 +228,9 @@ def test_full_size_brats_phantoms_are_planned_160x192x160(nnunet_folders):
         _write(seg, os.path.join(folder, "candidatesTr", f"{subject}__seggen__000.nii.gz"), *geometry)
         rows.append({"sample": f"{subject}__seggen__000", "subject": subject, "source": "seggen",
                      "generator": "seggen", "seed": 0, "dsc": 1.0, "nsd": 1.0})
-    with open(os.path.join(folder, "dataset.json"), "w") as f:
-        json.dump({"channel_names": {"0": "T1", "1": "T1ce", "2": "T2", "3": "FLAIR"}, "labels": BRATS_LABELS,
-                   "regions_class_order": [1, 2, 3], "numTraining": 2, "file_ending": ".nii"}, f)
+    write_json(os.path.join(folder, "dataset.json"),
+               {"channel_names": {"0": "T1", "1": "T1ce", "2": "T2", "3": "FLAIR"}, "labels": BRATS_LABELS,
+                "regions_class_order": [1, 2, 3], "numTraining": 2, "file_ending": ".nii"})
     pd.DataFrame(rows).to_csv(os.path.join(folder, "qc_targets.csv"), index=False)
     del images, seg
 
@@ -430,8 +423,7 @@ def test_missing_or_non_qc_dataset_fails_with_exit_code(nnunet_folders, monkeypa
 
     plain = os.path.join(nnunet_folders["nnUNet_raw"], "Dataset978_Plain")
     os.makedirs(os.path.join(plain, "imagesTr"))
-    with open(os.path.join(plain, "dataset.json"), "w") as f:
-        json.dump({"labels": ACDC_LABELS}, f)
+    write_json(os.path.join(plain, "dataset.json"), {"labels": ACDC_LABELS})
     with pytest.raises(QCDatasetError, match="not an nnQC dataset.*qc_targets.csv"):
         extract_fingerprint(978)
 

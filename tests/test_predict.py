@@ -1,5 +1,4 @@
 """nnQC_predict with a tiny trained model: outputs, geometry, ensembling, parts, bad input."""
-import hashlib
 import os
 import pickle
 import re
@@ -14,6 +13,7 @@ import SimpleITK as sitk
 import torch
 from batchgenerators.utilities.file_and_folder_operations import join, load_json
 from conftest import QC_ID, TRAINER
+from helpers import tree_hashes, write_like
 
 from nnqc.inference.case_failures import CaseError, UnexpectedCaseError
 from nnqc.inference.predictor import nnQCPredictor
@@ -26,18 +26,6 @@ OBLIQUE = (0.8660254, -0.5, 0.0, 0.5, 0.8660254, 0.0, 0.0, 0.0, 1.0)
 def snapshot(folder):
     return {f: (os.path.getmtime(join(folder, f)), os.path.getsize(join(folder, f)))
             for f in sorted(os.listdir(folder))}
-
-
-def write_like(array, reference: sitk.Image, path, spacing=None, direction=None, origin=None):
-    image = sitk.GetImageFromArray(array)
-    image.CopyInformation(reference)
-    if spacing is not None:
-        image.SetSpacing(spacing)
-    if direction is not None:
-        image.SetDirection(direction)
-    if origin is not None:
-        image.SetOrigin(origin)
-    sitk.WriteImage(image, path, True)
 
 
 @pytest.fixture(scope="module")
@@ -253,18 +241,6 @@ def test_worker_failures_come_back_as_named_case_errors():
     assert "raise KeyError" in error.details
     crossed = pickle.loads(pickle.dumps(error))  # as it comes back from a preprocessing worker
     assert (str(crossed), crossed.details) == (str(error), error.details)
-
-
-def tree_hashes(*folders):
-    """sha256 of every file (and the names of every folder) under the folders: to prove inputs are not written."""
-    found = {}
-    for folder in folders:
-        for root, dirs, files in os.walk(folder):
-            found[root] = sorted(dirs)
-            for name in files:
-                with open(join(root, name), "rb") as f:
-                    found[join(root, name)] = hashlib.sha256(f.read()).hexdigest()
-    return found
 
 
 def test_bad_input_matrix(trained_pipeline, cases, tmp_path):

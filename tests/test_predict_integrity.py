@@ -11,6 +11,7 @@ import SimpleITK as sitk
 import torch
 from batchgenerators.utilities.file_and_folder_operations import join, load_json
 from conftest import QC_ID, TRAINER
+from helpers import write_like
 
 from nnqc.atomic_files import file_sha256
 from nnqc.evaluation.evaluate import evaluate_predictions
@@ -132,11 +133,8 @@ def test_which_errors_make_the_device_unusable():
 def replace_keeping_an_older_mtime(path: str, array: np.ndarray) -> None:
     """Rewrite a label file with other content and an mtime older than before (a restored backup, a copy with
     preserved times): a check of modification times would not notice."""
-    image = sitk.ReadImage(path)
     stamp = os.stat(path)
-    changed = sitk.GetImageFromArray(array)
-    changed.CopyInformation(image)
-    sitk.WriteImage(changed, path, True)
+    write_like(array, sitk.ReadImage(path), path)
     os.utime(path, (stamp.st_atime - 100, stamp.st_mtime - 100))
 
 
