@@ -44,8 +44,9 @@ import numpy as np
 import SimpleITK as sitk
 from hypothesis import strategies as st
 
-from nnqc.inference.predictor import CaseError, nnQCPredictor
-from nnqc.inference.predictor import CaseFiles as PredictCase
+from nnqc.inference.case_failures import CaseError
+from nnqc.inference.cases import CaseFiles as PredictCase
+from nnqc.inference.predictor import nnQCPredictor
 from nnqc.qc_data.dataset_io import CaseFiles as ConvertCase
 from nnqc.qc_data.dataset_io import ConversionError, check_case_geometry, check_labels, read_label_map
 from nnqc.qc_data.external import check_external_candidate
@@ -894,8 +895,8 @@ def run_layout(layout: tuple[list[tuple[str, bool]], list[tuple[str, bool]]], fo
                ) -> Outcome:
     """check_input_folders and find_cases on a layout, judged by layout_problems: a refusal must be an
     InputFolderError naming the folder; after an acceptance, find_cases must list only existing files."""
+    from nnqc.inference.cases import find_cases
     from nnqc.inference.input_folder import InputFolderError, check_input_folders
-    from nnqc.inference.predictor import find_cases
 
     images, segmentations = write_layout(layout, folder)
     dataset_json = {"channel_names": {str(c): f"channel{c}" for c in range(num_channels)},

@@ -29,7 +29,8 @@ def same_padding(kernel_size: IntOrSeq) -> tuple[int, int, int]:
 
 def autocast_off(device_type: str):
     """Full precision inside an autocast region, for the few small parts that keep the outputs equal to fp32
-    (measured at the brain configuration: the regression head and the attention means; README "Performance")."""
+    (measured at the brain configuration: the regression head and the attention means; documentation/benchmarks.md,
+    "bf16 on the CPU")."""
     return torch.autocast(device_type, enabled=False) if device_type in ("cpu", "cuda") else nullcontext()
 
 
