@@ -69,7 +69,7 @@ class nnQCTrainer_CPUDemo(nnQCTrainer):
     Adam's state is about 200 MB), the decay of x 0.9 per 250 iterations. Before the first epoch it times its own
     training step (in this CPU's precision: bf16 autocast where the CPU has native bf16, fp32 otherwise) and
     takes as many iterations per epoch, 20 to 100, as fit `training_minutes` together with the validations
-    (nnQC_training_minutes overrides the 10 minutes); the choice is written to the fold's
+    (nnQC_training_minutes overrides the 12 minutes); the choice is written to the fold's
     training_schedule.json and kept when training resumes. training_minutes = None keeps 100 iterations (the
     benchmarks, which limit the time themselves).
 
@@ -77,7 +77,7 @@ class nnQCTrainer_CPUDemo(nnQCTrainer):
     such a schedule (measured with benchmarks/benchmark_learning.py)."""
     hyperparameters = {"num_epochs": 32, "num_iterations_per_epoch": 100, "num_val_samples_per_epoch": 40,
                        "lr_decay": 0.9 ** (100 / 250), "save_every": 6}
-    training_minutes: float | None = 10.0
+    training_minutes: float | None = 12.0
     min_iterations_per_epoch = 20
 
     def budget_seconds(self) -> float:
