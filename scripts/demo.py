@@ -52,16 +52,19 @@ def training_precision() -> str:
             else f"fp32 (no native bf16, {reason})")
 
 
-def short_training_note(schedule, root: str) -> list[str]:
+def short_training_note(schedule, root: str, model_folder: str, user_folders: bool) -> list[str]:
     """Says so when this CPU fit fewer iterations than the demo's model needs to rank its cases well, and how long
-    a run that does would train (a resumed training keeps its schedule, hence a new folder)."""
+    a run that does would train (a resumed training keeps its schedule: a new demo folder, or, in the user's own
+    nnU-Net folders, the model folder removed first)."""
     iterations = schedule.num_epochs * schedule.num_iterations_per_epoch
     if iterations >= WELL_TRAINED_ITERATIONS:
         return []
     minutes = math.ceil(schedule.projected_seconds / iterations * WELL_TRAINED_ITERATIONS / 60)
     return [f"note: this CPU fit {iterations} training iterations in the budget; the figures above are those of an "
             f"undertrained model (the demo's model ranked its cases with DSC r > 0.9 from {WELL_TRAINED_ITERATIONS} "
-            f"iterations on). For those: ./run_demo.sh --root {root}_long --training_minutes {minutes}"]
+            f"iterations on). For those: " + (f"remove {model_folder}, then ./run_demo.sh --training_minutes {minutes}"
+                                               if user_folders else
+                                               f"./run_demo.sh --root {root}_long --training_minutes {minutes}")]
 
 
 def folders(root: str) -> dict:
@@ -133,6 +136,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     start = time.time()
+    user_folders = any(os.environ.get(name) for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"))
     env = folders(os.path.abspath(args.root))
     os.environ.update(env)
     demo_folder = os.path.join(os.path.abspath(args.root), "held_out")
@@ -187,7 +191,7 @@ def main() -> None:
     print(f"  DSC_SEM (mean over regions) {sem['mean']:.3f}")
     if schedule is not None:
         print(f"  {schedule.describe()}")
-        for line in short_training_note(schedule, args.root):
+        for line in short_training_note(schedule, args.root, os.path.dirname(model), user_folders):
             print(f"  {line}")
     # calibrated decisions: interval coverage and width, AURC beside the optimal and a random ranking, decision
     # counts, the bias on good segmentations before and after recalibration

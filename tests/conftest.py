@@ -28,6 +28,18 @@ def pytest_configure(config) -> None:
                                        f"(default {DEFAULT_TIME_LIMIT_S} s)")
 
 
+# The files that take longest (minutes on 2 cores, from --durations), longest first. They are collected first, so
+# that run_tests.sh's two workers (pytest-xdist, a file per worker at a time) start them early and finish together
+# instead of one worker starting a long file last. Within a file the order stays as written.
+LONGEST_FILES = ("test_make_candidates.py", "test_model_sharing.py", "test_predict.py", "test_training_ddp.py",
+                 "test_install.py", "test_bf16.py", "test_predict_calibration.py", "test_fuzz_inputs.py")
+
+
+def pytest_collection_modifyitems(session, config, items) -> None:
+    rank = {name: i for i, name in enumerate(LONGEST_FILES)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(LONGEST_FILES)))  # stable: the rest keep their order
+
+
 def _time_limit(item) -> float:
     marker = item.get_closest_marker("time_limit")
     return float(marker.args[0]) if marker is not None else DEFAULT_TIME_LIMIT_S
