@@ -42,16 +42,6 @@ def run(*command: str, env: dict | None = None) -> None:
     subprocess.run(command, check=True, env={**os.environ, **(env or {})})
 
 
-def training_precision() -> str:
-    """What the CPU trainer will compute in (nnQCTrainer's default: bf16 autocast only where it is native)."""
-    from nnqc.cpu_features import OVERRIDE_VARIABLE, cpu_has_native_bf16
-
-    forced = os.environ.get(OVERRIDE_VARIABLE, "").strip() in ("0", "1")
-    reason = f"{OVERRIDE_VARIABLE} set" if forced else "detected"
-    return (f"bf16 autocast (native bf16, {reason})" if cpu_has_native_bf16()
-            else f"fp32 (no native bf16, {reason})")
-
-
 def short_training_note(schedule, root: str, model_folder: str, user_folders: bool) -> list[str]:
     """Says so when this CPU fit fewer iterations than the demo's model needs to rank its cases well, and how long
     a run that does would train (a resumed training keeps its schedule: a new demo folder, or, in the user's own
@@ -160,7 +150,11 @@ def main() -> None:
     print(f"({time.time() - t:.0f} s)")
 
     t = step(f"4/6 nnQC_train ({TRAINER}, fold 0, CPU, {args.training_minutes:g} min budget)")
-    print(f"precision: {training_precision()}")
+    from nnqc.cpu_features import cpu_has_native_bf16
+    from nnqc.training.precision import describe_precision
+
+    # what nnQCTrainer_CPUDemo will compute in: its defaults on a CPU device
+    print(f"precision: {describe_precision('cpu', True, True, cpu_has_native_bf16())}")
     model = os.path.join(env["nnUNet_results"], f"Dataset{QC_ID}_{SOURCE_NAME}QC",
                          f"{TRAINER}__nnQCPlans__3d_fullres", "fold_0")
     if not os.path.isfile(os.path.join(model, "checkpoint_final.pth")):
@@ -195,7 +189,7 @@ def main() -> None:
             print(f"  {line}")
     # calibrated decisions: interval coverage and width, AURC beside the optimal and a random ranking, decision
     # counts, the bias on good segmentations before and after recalibration
-    from nnqc.evaluation.evaluate import calibration_lines
+    from nnqc.evaluation.figures import calibration_lines
 
     for line in calibration_lines(evaluation):
         print(f"  {line}")

@@ -21,7 +21,6 @@ from nnqc.error_messages import one_line
 from nnqc.evaluation.calibration_evaluation import calibration_evaluation
 from nnqc.evaluation.calibration_plots import risk_coverage_png
 from nnqc.evaluation.failure_detection import failure_detection_summary
-from nnqc.evaluation.figures import calibration_lines as calibration_lines  # the demo imports it from here
 from nnqc.evaluation.figures import format_figures
 from nnqc.evaluation.plots import scatter_png
 from nnqc.evaluation.prediction_output import read_prediction_output
