@@ -92,6 +92,8 @@ class nnQCTrainer(nnUNetTrainer):
         self.num_iterations_per_epoch: int | None = None  # None: one pass over the balanced training samples
         self.num_val_samples_per_epoch = 200
         self.sem_loss_weight = 1.0
+        self.ranking_loss = "none"  # or "pearson" / "margin" (nnqc.training.loss), weighted by ranking_loss_weight
+        self.ranking_loss_weight = 0.0
         self.grad_clip = 12.0
         self.enable_deep_supervision = False
         self.save_every = 1
@@ -138,7 +140,8 @@ class nnQCTrainer(nnUNetTrainer):
             self._set_batch_size_and_oversample()  # the global batch split over the ranks, as nnU-Net does
             self.network = DistributedDataParallel(self.network)
             self.loss = self._build_loss()
-        self.validation_loss = QCLoss(self.sem_loss_weight, ddp=False)
+        self.validation_loss = QCLoss(self.sem_loss_weight, ddp=False, ranking=self.ranking_loss,
+                                      ranking_weight=self.ranking_loss_weight)
 
     def set_deep_supervision_enabled(self, enabled: bool) -> None:
         """QCResUNet has no deep supervision."""
@@ -150,7 +153,8 @@ class nnQCTrainer(nnUNetTrainer):
 
     def _build_loss(self) -> nn.Module:
         # training steps run in lockstep on all ranks, so the batch Dice may gather over them (nnU-Net's way)
-        return QCLoss(self.sem_loss_weight, ddp=self.is_ddp)
+        return QCLoss(self.sem_loss_weight, ddp=self.is_ddp, ranking=self.ranking_loss,
+                      ranking_weight=self.ranking_loss_weight)
 
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay)

@@ -23,7 +23,7 @@ from nnqc.metrics import allowed_labels, get_regions, quality_targets
 from nnqc.qc_data.conversion import convert_dataset
 from nnqc.qc_data.dataset_io import ConversionError
 from nnqc.qc_data.external import ExternalSource
-from nnqc.qc_data.generators import GENERATOR_FAMILIES, generate_candidate
+from nnqc.qc_data.generators import BOUNDARY_FAMILIES, CLASSIC_FAMILIES, DEGRADATION_FAMILIES, generate_candidate
 from nnqc.qc_data.layout import CANDIDATES_FOLDER, PROGRESS_FOLDER
 from nnqc.qc_data.progress import progress_file
 from nnqc.qc_data.sample_plan import derive_seed, plan_samples
@@ -41,7 +41,7 @@ SHAPE = (32, 40, 32)
 SPACING = (2.0, 1.0, 1.5)  # array (z, y, x) order, anisotropic on purpose
 SUBJECTS = [f"case_{i:04d}" for i in range(4)]
 # the configuration every comparison uses: ~90 samples, a few seconds
-OPTIONS = dict(num_seggen=2, num_degradations=18, seed=5)
+OPTIONS = dict(num_seggen=2, num_degradations=22, seed=5, families=("all",))  # two of each family per subject
 
 
 def _make_external_folder(folder, source, subjects, corrupt):
@@ -153,7 +153,8 @@ def test_layout_csv_and_targets(env):
 
     # families cycle through every degradation family, equally often overall
     degradations = [r["generator"] for r in rows if r["source"] == "degrade"]
-    counts = {f: degradations.count(f) for f in GENERATOR_FAMILIES if f != "seggen"}
+    counts = {f: degradations.count(f) for f in DEGRADATION_FAMILIES}
+    assert set(degradations) == set(DEGRADATION_FAMILIES)
     assert min(counts.values()) >= 1 and max(counts.values()) - min(counts.values()) <= 1
 
     labels = allowed_labels(env.dataset_json)
@@ -232,6 +233,16 @@ def test_plan_is_deterministic_and_seeds_do_not_depend_on_the_plan():
     assert derive_seed(7, "b__seggen__000") == expected
 
 
+def test_family_groups_and_the_classic_default():
+    assert {s.generator for s in plan_samples(["a", "b"], [], 0, 12, 7)} == set(CLASSIC_FAMILIES)
+    boundary = plan_samples(["a"], [], 0, len(BOUNDARY_FAMILIES), 7, ["boundary"])
+    assert [s.generator for s in boundary] == list(BOUNDARY_FAMILIES)
+    mixed = plan_samples(["a"], [], 0, 3, 7, ["thin_parts", "boundary", "erode_dilate"])
+    assert [s.generator for s in mixed] == ["thin_parts", "boundary_shift", "interface_confusion"]
+    with pytest.raises(ConversionError, match="unknown degradation family 'blur'"):
+        convert_dataset(SOURCE_ID, 109, num_seggen=0, num_degradations=1, families=["blur"], verbose=False)
+
+
 def test_two_processes_and_two_parts_equal_one_run(env):
     again = convert_dataset(SOURCE_ID, 102, candidate_folders=env.externals, num_processes=2, verbose=False,
                             **OPTIONS)
@@ -302,7 +313,7 @@ def test_resume_after_sigkill_equals_clean_run(env):
     tags = ["preds-ep10", "other"]
     arguments = ["-s", str(SOURCE_ID), "-d", "104", "--candidates", *env.externals, "--candidate_tags", *tags,
                  "--seggen", str(OPTIONS["num_seggen"]), "--degradations", str(OPTIONS["num_degradations"]),
-                 "--seed", str(OPTIONS["seed"]), "-np", "1"]
+                 "--seed", str(OPTIONS["seed"]), "--families", *OPTIONS["families"], "-np", "1"]
     command = [sys.executable, "-m", "nnqc.run.convert", *arguments]
     environment = dict(os.environ, PYTHONPATH=REPO_ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     folder = os.path.join(os.environ["nnUNet_raw"], "Dataset104_PhantomQC")
@@ -424,7 +435,11 @@ def test_bad_source_fails_naming_the_file(env, tmp_path, monkeypatch, capsys):
 def test_resume_with_other_settings_is_refused(env):
     with pytest.raises(ConversionError, match="other settings"):
         convert_dataset(SOURCE_ID, 101, candidate_folders=env.externals, num_processes=1, verbose=False,
-                        num_seggen=OPTIONS["num_seggen"], num_degradations=OPTIONS["num_degradations"], seed=6)
+                        num_seggen=OPTIONS["num_seggen"], num_degradations=OPTIONS["num_degradations"], seed=6,
+                        families=OPTIONS["families"])
+    with pytest.raises(ConversionError, match="other settings"):  # the same, but other families
+        convert_dataset(SOURCE_ID, 101, candidate_folders=env.externals, num_processes=1, verbose=False,
+                        **{**OPTIONS, "families": ("classic",)})
 
 
 def test_verify_passes_on_good_data_and_fails_on_corrupted(env, tmp_path, monkeypatch, capsys):

@@ -5,7 +5,7 @@ from scipy.ndimage import center_of_mass, map_coordinates
 
 from nnqc.metrics.dice import multiclass_dice
 from nnqc.qc_data import degradations
-from nnqc.qc_data.generators import DEGRADATION_FAMILIES, GENERATOR_FAMILIES, generate_candidate
+from nnqc.qc_data.generators import BOUNDARY_FAMILIES, CLASSIC_FAMILIES, GENERATOR_FAMILIES, generate_candidate
 from nnqc.qc_data.seggen import (
     SegGenParams,
     apply_seggen_transform,
@@ -209,15 +209,16 @@ def test_degradations_do_what_their_names_say(reference):
 
 
 def test_a_cycled_set_populates_every_dsc_bin(reference):
-    dscs = {family: [] for family in GENERATOR_FAMILIES}
+    cycled = ("seggen", *CLASSIC_FAMILIES)  # the default set
+    dscs = {family: [] for family in cycled}
     for seed in range(140):
-        family = GENERATOR_FAMILIES[seed % len(GENERATOR_FAMILIES)]
+        family = cycled[seed % len(cycled)]
         candidate = generate_candidate(family, reference, seed, ISOTROPIC, LABELS, REGIONS)
         dscs[family].append(multiclass_dice(reference, candidate))
     counts = np.bincount(dsc_bins(np.concatenate(list(dscs.values()))), minlength=N_BINS)
     assert np.all(counts > 0), counts
-    # each degradation family on its own reaches both ends of the range
-    for family in DEGRADATION_FAMILIES:
+    # each classic family on its own reaches both ends of the range
+    for family in CLASSIC_FAMILIES:
         assert min(dscs[family]) < .5 < max(dscs[family]), (family, dscs[family])
 
 
@@ -262,3 +263,82 @@ def test_blobs_without_a_view_can_land_outside_the_subject(reference):
     outside = [fraction_outside(generate_candidate("false_positive_blobs", reference, seed, ISOTROPIC, LABELS,
                                                    REGIONS), view) for seed in range(12)]
     assert max(outside) > 0.05
+
+
+def _small_lesion() -> np.ndarray:
+    """A phantom-size lesion (radius 6-8 voxels): where a few voxels of boundary error cost real DSC."""
+    return nested_ellipsoids(shape=(28, 32, 30), radii=(6, 8, 7))
+
+
+@pytest.mark.parametrize("family", BOUNDARY_FAMILIES)
+def test_boundary_families_land_at_the_top_of_the_range(family):
+    """Good-but-not-perfect candidates: DSC in [0.5, 1) for every seed, most of them above 0.8, and a surface
+    error that a DSC-matched erosion or dilation would not have."""
+    for reference in (nested_ellipsoids(), _small_lesion()):
+        dscs = []
+        for seed in range(16):
+            candidate = generate_candidate(family, reference, seed, ISOTROPIC, LABELS, REGIONS)
+            dscs.append(multiclass_dice(reference, candidate))
+        dscs = np.array(dscs)
+        assert dscs.min() >= .5 and np.mean(dscs > .8) >= .75, (family, dscs.round(3))
+        assert np.mean(dscs < 1) >= .75, (family, dscs.round(3))
+
+
+def _distance_to_boundary(mask: np.ndarray) -> np.ndarray:
+    from scipy.ndimage import distance_transform_edt
+
+    return np.where(mask, distance_transform_edt(mask), distance_transform_edt(~mask))
+
+
+def test_boundary_shift_changes_only_voxels_near_a_boundary():
+    reference = _small_lesion()
+    near = np.zeros(reference.shape, bool)
+    for region in REGIONS:  # near any boundary of an evaluated region or label
+        near |= _distance_to_boundary(np.isin(reference, region)) <= degradations_max_shift() + 1
+    for label_value in (1, 2, 3):
+        near |= _distance_to_boundary(reference == label_value) <= degradations_max_shift() + 1
+    for seed in range(10):
+        candidate = generate_candidate("boundary_shift", reference, seed, ISOTROPIC, LABELS, REGIONS)
+        assert not np.any((candidate != reference) & ~near), seed
+
+
+def degradations_max_shift() -> float:
+    from nnqc.qc_data.boundary_errors import MAX_SHIFT
+
+    return MAX_SHIFT
+
+
+def test_interface_confusion_only_trades_labels_between_neighbours():
+    reference = _small_lesion()
+    for seed in range(10):
+        candidate = generate_candidate("interface_confusion", reference, seed, ISOTROPIC, LABELS, REGIONS)
+        changed = candidate != reference
+        assert changed.any(), seed
+        assert not np.any(changed & ((reference == 0) | (candidate == 0))), seed  # background never touched
+        pairs = {(int(a), int(b)) for a, b in zip(reference[changed], candidate[changed])}
+        assert len(pairs) == 1 and pairs <= {(1, 2), (2, 1), (2, 3), (3, 2)}, (seed, pairs)
+
+
+def test_adjacent_islands_paint_only_background_close_to_the_structure():
+    reference = _small_lesion()
+    distance = _distance_to_boundary(reference != 0)
+    for seed in range(10):
+        candidate = generate_candidate("adjacent_islands", reference, seed, ISOTROPIC, LABELS, REGIONS)
+        added = candidate != reference
+        assert added.any() and not np.any(added & (reference != 0)), seed
+        # islands are separate from the structure (a gap of at least one voxel) and stay within its surroundings
+        assert distance[added].min() >= 1 and distance[added].max() <= 12, (seed, distance[added].max())
+
+
+def test_missed_small_parts_only_remove_and_thin_parts_stay_near_the_boundary():
+    reference = _small_lesion()
+    near = _distance_to_boundary(reference != 0) <= 4
+    for label_value in (1, 2, 3):
+        near |= _distance_to_boundary(reference == label_value) <= 4
+    for seed in range(10):
+        missed = generate_candidate("missed_small_parts", reference, seed, ISOTROPIC, LABELS, REGIONS)
+        changed = missed != reference
+        assert changed.any(), seed
+        assert len(np.unique(reference[changed])) == 1, seed  # one label loses voxels
+        thin = generate_candidate("thin_parts", reference, seed, ISOTROPIC, LABELS, REGIONS)
+        assert not np.any((thin != reference) & ~near), seed

@@ -67,7 +67,7 @@ def made(tmp_path_factory):
     with pytest.MonkeyPatch.context() as environment:
         env = use_nnunet_folders(environment, **{k: base / k for k in NNUNET_FOLDERS})
         source = write_phantom_dataset(SOURCE_ID, "Phantom", 6, "brats", shape=(32, 40, 32), seed=5, oblique=True,
-                                       lesion_size=(0.35, 0.6))
+                                       lesion_size=(0.35, 0.6), num_test=2)
         subjects = sorted(f[:-len(".nii.gz")] for f in os.listdir(os.path.join(source, "labelsTr")))
         # a two-fold split in the source's preprocessed folder, as nnU-Net keeps it
         splits = [{"train": subjects[3:], "val": subjects[:3]}, {"train": subjects[:3], "val": subjects[3:]}]
@@ -75,7 +75,7 @@ def made(tmp_path_factory):
         write_json(os.path.join(env["nnUNet_preprocessed"], os.path.basename(source), "splits_final.json"), splits)
         before = _tree_digest(source)
         arguments = dict(subsets=["T1", "all"], snapshots=["1", "100%"], trainer=TRAINER, device="cpu",
-                         num_processes=1, use_mirroring=False)
+                         num_processes=1, use_mirroring=False, segment_test_images=True)
         result = make_candidates(SOURCE_ID, **arguments)
         mtimes = {f: os.path.getmtime(f) for folder in result.candidate_folders
                   for f in map(lambda n, d=folder: os.path.join(d, n), os.listdir(folder))}
@@ -105,6 +105,33 @@ def test_one_out_of_fold_candidate_per_subject_subset_and_snapshot(made):
                     assert (epoch, case) not in written_by
                     written_by[(epoch, case)] = fold
         assert sorted(written_by) == sorted((e, s) for e in ("1", "2") for s in subjects)
+
+
+def test_every_fold_segments_the_test_images_at_every_snapshot(made):
+    """The folds of one snapshot are an ensemble over the same unseen test subjects, in their own geometry."""
+    source, result = made["source"], made["result"]
+    expected = [f"{tag}_ep{e}_fold{f}" for tag in ("T1", "all") for e in (1, 2) for f in (0, 1)]
+    assert [os.path.basename(f) for f in result.test_folders] == sorted(expected)
+    assert made["rerun"].test_folders == result.test_folders
+    test_cases = sorted(f[:-len(".nii.gz")] for f in os.listdir(os.path.join(source, "labelsTs")))
+    assert len(test_cases) == 2 and not set(test_cases) & set(made["subjects"])
+    for folder in result.test_folders:
+        assert sorted(os.listdir(folder)) == [c + ".nii.gz" for c in test_cases]
+        for case in test_cases:
+            segmentation = sitk.ReadImage(os.path.join(folder, case + ".nii.gz"))
+            image = sitk.ReadImage(os.path.join(source, "imagesTs", case + "_0000.nii.gz"))
+            assert segmentation.GetSize() == image.GetSize()
+            assert np.allclose(segmentation.GetDirection(), image.GetDirection(), atol=1e-5)
+            assert set(np.unique(sitk.GetArrayFromImage(segmentation))) <= {0, 1, 2, 3}
+
+
+def test_test_images_asked_for_without_any_are_refused(made, tmp_path):
+    from dataset_conversion.phantoms import write_phantom_dataset
+    from nnqc.segmenters.make_candidates import make_candidates
+
+    write_phantom_dataset(SOURCE_ID + 5, "NoTest", 2, "brats", shape=(32, 40, 32), seed=5)
+    with pytest.raises(ValueError, match="no imagesTs"):
+        make_candidates(SOURCE_ID + 5, subsets=["T1"], trainer=TRAINER, device="cpu", segment_test_images=True)
 
 
 def test_candidates_have_the_source_geometry_and_labels(made):

@@ -7,6 +7,7 @@ segmentation's foreground, and what lies outside it is reported, not guessed.
 """
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 
 import numpy as np
@@ -62,21 +63,47 @@ def partial_view_note(case: str, properties: dict, data_shape: Sequence[int]) ->
               f"the part it sees, the error map is empty outside it (partial_view in the summary)")
 
 
+def mirrorings(mirror_axes: Sequence[int]) -> list[tuple[int, ...]]:
+    """Every combination of the mirror axes, the identity first: nnU-Net's test-time mirroring (8 for 3 axes)."""
+    return [c for k in range(len(mirror_axes) + 1) for c in itertools.combinations(sorted(mirror_axes), k)]
+
+
+def mirrored_forward(network: torch.nn.Module, x: torch.Tensor, mirror_axes: Sequence[int],
+                     forward_context: Callable) -> tuple[torch.Tensor | None, torch.Tensor | None]:
+    """(DSC/NSD, SEM logits) of a batch, averaged over the mirrorings of its spatial axes (each SEM mirrored back
+    first); without mirror axes one plain forward pass."""
+    regression = logits = None
+    flips = mirrorings(mirror_axes)
+    for axes in flips:
+        dims = [a + 2 for a in axes]
+        with forward_context():
+            reg, sem = network(torch.flip(x, dims) if dims else x)
+        if reg is not None:
+            reg = reg.float()
+            regression = reg if regression is None else regression + reg
+        if sem is not None:
+            sem = torch.flip(sem.float(), dims) if dims else sem.float()
+            logits = sem if logits is None else logits + sem
+    return (None if regression is None else regression / len(flips),
+            None if logits is None else logits / len(flips))
+
+
 @torch.inference_mode()
 def predict_folds(network: torch.nn.Module, fold_weights: Sequence[dict], data: np.ndarray, candidate: np.ndarray,
-                  window: Window, regions, device: torch.device, forward_context: Callable) -> dict:
+                  window: Window, regions, device: torch.device, forward_context: Callable,
+                  mirror_axes: Sequence[int] = ()) -> dict:
     """Per-fold DSC/NSD and majority-voted SEMs of one preprocessed case, each fold's weights loaded in turn into
-    the network; the SEMs come back in the whole preprocessed case, zero outside the window."""
+    the network (with `mirror_axes`, each fold's outputs averaged over the mirrorings); the SEMs come back in the
+    whole preprocessed case, zero outside the window."""
     images = torch.from_numpy(crop_or_pad_to_window(data.astype(np.float32, copy=False), window))[None]
     labels = torch.from_numpy(crop_or_pad_to_window(candidate.astype(np.int16), window))[None]
     x = network_input(images, labels, regions).to(device)
     regression, votes = [], None
     for weights in fold_weights:
         network.load_state_dict(weights)
-        with forward_context():
-            reg, sem = network(x)
+        reg, sem = mirrored_forward(network, x, mirror_axes, forward_context)
         if reg is not None:
-            regression.append(reg[0].float().clamp(0, 1).cpu().numpy())
+            regression.append(reg[0].clamp(0, 1).cpu().numpy())
         if sem is not None:
             wrong = (sem[0] > 0).to(torch.uint8)
             votes = wrong if votes is None else votes + wrong

@@ -68,6 +68,7 @@ class FoldCheckpoints:
     trainer_name: str
     configuration_name: str
     weights: list[dict]
+    mirror_axes: tuple[int, ...] = ()  # the axes the trainer mirrored in augmentation (test-time mirroring)
 
 
 def load_fold_checkpoints(model_folder: str, folds: list, checkpoint_name: str) -> FoldCheckpoints:
@@ -84,7 +85,18 @@ def load_fold_checkpoints(model_folder: str, folds: list, checkpoint_name: str) 
             raise UnsafeCheckpointError(f"{path} is not an nnQC checkpoint (no {e})") from None
         trainer_class = get_trainer_class(trainer_name, source=path)
         weights.append(checkpoint["network_weights"])
-    return FoldCheckpoints(trainer_class, trainer_name, configuration_name, weights)
+        mirror_axes = _mirror_axes(checkpoint.get("inference_allowed_mirroring_axes"), path)
+    return FoldCheckpoints(trainer_class, trainer_name, configuration_name, weights, mirror_axes)
+
+
+def _mirror_axes(value, path: str) -> tuple[int, ...]:
+    """nnU-Net's inference_allowed_mirroring_axes of a checkpoint: spatial axes 0-2 (None: none)."""
+    if value is None:
+        return ()
+    axes = tuple(value) if isinstance(value, (list, tuple)) else None
+    if axes is None or not all(isinstance(a, int) and 0 <= a <= 2 for a in axes) or len(set(axes)) != len(axes):
+        raise UnsafeCheckpointError(f"{path}: inference_allowed_mirroring_axes {value!r} is not a set of axes 0-2")
+    return tuple(sorted(axes))
 
 
 def build_network(trainer_class: type, plans_manager, configuration_manager, model_folder: str,

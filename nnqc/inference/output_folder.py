@@ -30,7 +30,9 @@ from nnqc.output_files import (
 # their settings (and number of parts) agree
 CONTRACT_SETTINGS = ("images_folder", "segmentations_folder", "model_folder", "dataset", "trainer", "plans",
                      "configuration", "folds", "checkpoint", "flag_below", "maps_written", "precision", "alpha",
-                     "recalibration", "calibration")
+                     "recalibration", "calibration", "test_time_mirroring")
+# what a run recorded before a setting existed meant its default
+SETTING_DEFAULTS = {"test_time_mirroring": []}
 SUMMARY_COLUMNS = ("case", "predicted_dsc", "predicted_dsc_sd", "predicted_nsd", "predicted_nsd_sd", "flagged",
                    "partial_view", "foreground_outside_view", *CALIBRATED_COLUMNS)
 
@@ -47,6 +49,7 @@ def check_output_folder(output_folder: str, *input_folders: str) -> None:
 
 def settings_differences(earlier: dict, settings: dict) -> list[str]:
     """The contract settings (CONTRACT_SETTINGS) in which `settings` differ from an earlier run's."""
+    earlier = {**SETTING_DEFAULTS, **earlier}
     missing = "(not recorded)"
     return [f"{key} {earlier.get(key, missing)} -> {settings[key]}" for key in CONTRACT_SETTINGS
             if json.loads(json.dumps(earlier.get(key, missing))) != json.loads(json.dumps(settings[key]))]

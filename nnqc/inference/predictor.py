@@ -64,10 +64,14 @@ class nnQCPredictor:
     """Load a trained nnQC model folder, then predict from files (nnQC_predict) or from numpy arrays."""
 
     def __init__(self, device: torch.device = torch.device("cuda"), verbose: bool = False, allow_tqdm: bool = True,
-                 fp32: bool = False):
+                 fp32: bool = False, use_mirroring: bool = False):
         """fp32: full precision everywhere; otherwise the forward passes run under CUDA's autocast on a GPU and
-        bf16 autocast on CPUs that compute bf16 natively (about twice as fast, outputs within 0.01)."""
+        bf16 autocast on CPUs that compute bf16 natively (about twice as fast, outputs within 0.01).
+        use_mirroring: test-time mirroring over the axes the model was trained to mirror (8 forward passes per
+        fold instead of 1)."""
         self.device, self.verbose, self.allow_tqdm = device, verbose, allow_tqdm
+        self.use_mirroring = use_mirroring
+        self.mirror_axes: tuple[int, ...] = ()
         self.precision = forward_precision(device, fp32)
         self.network = self.fold_weights = self.plans_manager = self.configuration_manager = None
         self.dataset_json = self.regions = self.region_names = None
@@ -101,6 +105,7 @@ class nnQCPredictor:
         self.region_names, self.regions = get_regions(self.dataset_json)
         checkpoints = load_fold_checkpoints(model_training_output_dir, self.folds, checkpoint_name)
         self.trainer_class, self.fold_weights = checkpoints.trainer_class, checkpoints.weights
+        self.mirror_axes = checkpoints.mirror_axes if self.use_mirroring else ()
         self.trainer_name, self.configuration_name = checkpoints.trainer_name, checkpoints.configuration_name
         self.configuration_manager = self.plans_manager.get_configuration(self.configuration_name)
         self.network = build_network(self.trainer_class, self.plans_manager, self.configuration_manager,
@@ -172,7 +177,7 @@ class nnQCPredictor:
         if window is None:
             window = foreground_window(candidate[0] != 0, self.configuration_manager.patch_size)
         return forward.predict_folds(self.network, self.fold_weights, data, candidate, window, self.regions,
-                                     self.device, self.forward_context)
+                                     self.device, self.forward_context, self.mirror_axes)
 
     def forward_context(self):
         """The autocast context of the forward passes for self.precision (see forward_precision)."""
@@ -341,7 +346,7 @@ class nnQCPredictor:
                 "dataset": self.plans_manager.dataset_name, "configuration": self.configuration_name,
                 "folds": self.folds, "trainer": self.trainer_name, "plans": self.plans_manager.plans_name,
                 "flag_below": flag_below, "maps_written": save_maps, "num_parts": num_parts,
-                "precision": self.precision,
+                "precision": self.precision, "test_time_mirroring": list(self.mirror_axes),
                 "file_ending": self.dataset_json["file_ending"], "region_names": self.region_names,
                 "regions": [list(r) for r in self.regions],
                 "nsd_tolerance_mm": nsd_tolerance_mm(self.dataset_json),

@@ -77,8 +77,9 @@ def convert_dataset(source: str | int, target_id: int, target_name: str | None =
                     candidate_folders: Sequence[str] = (), candidate_tags: Sequence[str] | None = None,
                     num_seggen: int = 3, num_degradations: int = 10, tolerance_mm: float | None = None,
                     seed: int = 0, num_processes: int = 1, num_parts: int = 1, part_id: int = 0,
-                    verbose: bool = True) -> ConversionResult:
-    """Build (or resume) $nnUNet_raw/DatasetYYY_NameQC from a source nnU-Net raw dataset.
+                    verbose: bool = True, families: Sequence[str] | None = None) -> ConversionResult:
+    """Build (or resume) $nnUNet_raw/DatasetYYY_NameQC from a source nnU-Net raw dataset. `families`: the
+    degradation families or groups to cycle through (nnqc.qc_data.sample_plan.degradation_families).
 
     All inputs of this part are validated before anything is written; bad input raises ConversionError.
     """
@@ -88,6 +89,10 @@ def convert_dataset(source: str | int, target_id: int, target_name: str | None =
         raise ConversionError(f"The seed must be >= 0, got {seed}")
     if num_parts < 1 or not 0 <= part_id < num_parts:
         raise ConversionError(f"--part_id must be in 0..{num_parts - 1} for --num_parts {num_parts}")
+    try:
+        families = degradation_families(families)
+    except ValueError as e:
+        raise ConversionError(str(e)) from None
     dataset = open_source_dataset(source)
     where = os.path.join(dataset.folder, DATASET_JSON)
     region_names, regions, labels = dataset_regions(dataset.dataset_json, where)
@@ -99,7 +104,7 @@ def convert_dataset(source: str | int, target_id: int, target_name: str | None =
     if not np.isfinite(tolerance_mm) or tolerance_mm < 0:
         raise ConversionError(f"The NSD tolerance must be finite and >= 0 mm, got {tolerance_mm}")
     externals = external_sources(candidate_folders, candidate_tags, dataset.subjects, dataset.file_ending)
-    plan = plan_samples(dataset.subjects, externals, num_seggen, num_degradations, seed)
+    plan = plan_samples(dataset.subjects, externals, num_seggen, num_degradations, seed, families)
     if not plan:
         raise ConversionError("The options produce no sample: give --candidates, --seggen or --degradations")
 
@@ -112,7 +117,7 @@ def convert_dataset(source: str | int, target_id: int, target_name: str | None =
     settings = {"source_dataset": dataset.name, "region_names": region_names,
                 "regions": [list(r) for r in regions], "labels": list(labels), "tolerance_mm": float(tolerance_mm),
                 "seed": int(seed), "seggen": int(num_seggen), "degradations": int(num_degradations),
-                "degradation_families": list(degradation_families()),
+                "degradation_families": list(families),
                 "external_tags": [e.tag for e in externals], "view": VIEW_SETTING}
     check_resumable(folder, settings)
 

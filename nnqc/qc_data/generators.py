@@ -11,7 +11,7 @@ from collections.abc import Callable, Sequence
 
 import numpy as np
 
-from nnqc.qc_data import degradations
+from nnqc.qc_data import boundary_errors, degradations
 from nnqc.qc_data.seggen import seggen
 from nnqc.qc_data.view import SubjectView, limit_to_view
 
@@ -32,13 +32,24 @@ _GENERATORS: dict[str, Generator] = {
     "drop_component": degradations.drop_component,
     "false_positive_blobs": degradations.false_positive_blobs,
     "slice_errors": degradations.slice_errors,
+    "boundary_shift": boundary_errors.boundary_shift,
+    "thin_parts": boundary_errors.thin_parts,
+    "interface_confusion": boundary_errors.interface_confusion,
+    "missed_small_parts": boundary_errors.missed_small_parts,
+    "adjacent_islands": boundary_errors.adjacent_islands,
 }
 
 # families that place new foreground away from the reference and are told where the subject is
-_USES_NONZERO_REGION = frozenset({"false_positive_blobs"})
+_USES_NONZERO_REGION = frozenset({"false_positive_blobs", "adjacent_islands"})
 
 GENERATOR_FAMILIES: tuple[str, ...] = tuple(_GENERATORS)
-DEGRADATION_FAMILIES: tuple[str, ...] = tuple(f for f in GENERATOR_FAMILIES if f != "seggen")
+# the paper's kind: each family spans the whole DSC range
+CLASSIC_FAMILIES: tuple[str, ...] = ("erode_dilate", "swap_labels", "drop_region", "drop_component",
+                                     "false_positive_blobs", "slice_errors")
+# real segmenters' errors at the top of the range (nnqc.qc_data.boundary_errors)
+BOUNDARY_FAMILIES: tuple[str, ...] = ("boundary_shift", "thin_parts", "interface_confusion", "missed_small_parts",
+                                      "adjacent_islands")
+DEGRADATION_FAMILIES: tuple[str, ...] = CLASSIC_FAMILIES + BOUNDARY_FAMILIES
 
 
 def generate_candidate(family: str, reference: np.ndarray, seed: int, spacing: Sequence[float],

@@ -10,7 +10,7 @@ from typing import Sequence
 import numpy as np
 
 from nnqc.qc_data.external import ExternalSource
-from nnqc.qc_data.generators import GENERATOR_FAMILIES
+from nnqc.qc_data.generators import BOUNDARY_FAMILIES, CLASSIC_FAMILIES, DEGRADATION_FAMILIES
 
 SEGGEN_SOURCE = "seggen"
 DEGRADE_SOURCE = "degrade"
@@ -39,16 +39,33 @@ def derive_seed(base_seed: int, sample: str) -> int:
     return int(np.random.SeedSequence(entropy).generate_state(1, dtype=np.uint32)[0])
 
 
-def degradation_families() -> tuple[str, ...]:
-    return tuple(f for f in GENERATOR_FAMILIES if f != SEGGEN_SOURCE)
+FAMILY_GROUPS = {"classic": CLASSIC_FAMILIES, "boundary": BOUNDARY_FAMILIES, "all": DEGRADATION_FAMILIES}
+DEFAULT_FAMILIES = CLASSIC_FAMILIES
+
+
+def degradation_families(names: Sequence[str] | None = None) -> tuple[str, ...]:
+    """Family names, or the groups 'classic' (the paper's kind, whole DSC range; the default), 'boundary' (real
+    segmenters' boundary errors, top of the range) and 'all', in the order given, each family once."""
+    if names is None:
+        return DEFAULT_FAMILIES
+    chosen: list[str] = []
+    for name in names:
+        group = FAMILY_GROUPS.get(name, (name,) if name in DEGRADATION_FAMILIES else None)
+        if group is None:
+            raise ValueError(f"unknown degradation family {name!r}; valid: {', '.join(FAMILY_GROUPS)}, "
+                             f"{', '.join(DEGRADATION_FAMILIES)}")
+        chosen += [f for f in group if f not in chosen]
+    if not chosen:
+        raise ValueError("no degradation family chosen")
+    return tuple(chosen)
 
 
 def plan_samples(subjects: Sequence[str], externals: Sequence[ExternalSource], num_seggen: int,
-                 num_degradations: int, base_seed: int) -> list[SampleSpec]:
+                 num_degradations: int, base_seed: int, families: Sequence[str] | None = None) -> list[SampleSpec]:
     """Per subject (sorted): one sample per external folder holding it, then `num_seggen` SegGen samples, then
     `num_degradations` degradations cycling through the families (continued across subjects so that every
     family is used equally often overall)."""
-    families = degradation_families()
+    families = degradation_families(families)
     plan = []
     for i, subject in enumerate(sorted(subjects)):
         for source in externals:

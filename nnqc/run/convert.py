@@ -32,6 +32,10 @@ def _parser() -> argparse.ArgumentParser:
     degradations.add_argument("--degradations", type=int, default=10,
                               help="degraded samples per subject, cycling through the families (default 10)")
     degradations.add_argument("--no_degradations", action="store_true", help="no degraded samples")
+    parser.add_argument("--families", nargs="+", default=None, metavar="FAMILY",
+                        help="degradation families to cycle through: names, or the groups 'classic' (the paper's "
+                             "kind, each spanning the whole DSC range; the default), 'boundary' (real segmenters' "
+                             "boundary errors at the top of the range) and 'all'")
     parser.add_argument("--tolerance", type=float, default=None, metavar="MM",
                         help="NSD tolerance in mm (default: the source dataset.json's nsd_tolerance_mm, else 1)")
     parser.add_argument("--seed", type=int, default=0, help="base seed of the generated samples (default 0)")
@@ -74,7 +78,7 @@ def convert_entry() -> None:
                 from None
         convert_dataset(args.source, target_id, args.name, args.candidates, args.candidate_tags, args.seggen,
                         0 if args.no_degradations else args.degradations, args.tolerance, args.seed, args.np,
-                        args.num_parts, args.part_id)
+                        args.num_parts, args.part_id, families=args.families)
     except (ConversionError, WorkerDiedError) as e:
         print(f"nnQC_convert: error: {e}", file=sys.stderr)
         sys.exit(1)

@@ -41,13 +41,17 @@ def make_candidates_entry() -> None:
                         help="output folder (default nnUNet_results/<source dataset>/nnqc_candidates)")
     parser.add_argument("--disable_tta", action="store_true",
                         help="predict without test-time mirroring (nnU-Net's default is with)")
+    parser.add_argument("--test", action="store_true",
+                        help="also segment the source's imagesTs with every fold's model at every snapshot "
+                             "(OUT/test/<subset>_ep<E>_fold<F>): ensemble members for nnQC_predict "
+                             "--ensemble_members, and held-out candidates")
     parser.add_argument("--prepare_only", action="store_true",
                         help="only derive, plan and preprocess the subsets' datasets (then spread folds over "
                              "machines sharing nnUNet_results)")
     args = parser.parse_args()
     try:
         result = make_candidates(args.s, args.c, args.subsets, args.snapshots, args.f, args.tr, args.initial_lr,
-                                 args.device, args.np, args.o, not args.disable_tta, args.prepare_only)
+                                 args.device, args.np, args.o, not args.disable_tta, args.prepare_only, args.test)
     except (ConversionError, FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"nnQC_make_candidates: error: {e}", file=sys.stderr)
         sys.exit(1)
@@ -56,6 +60,8 @@ def make_candidates_entry() -> None:
         return
     print(f"{len(result.candidate_folders)} candidate folder(s) in {result.output_folder}"
           + ("" if result.steps_run else " (nothing left to do)"))
+    if result.test_folders:
+        print(f"{len(result.test_folders)} folder(s) of segmented test images in {result.output_folder}/test")
     print(f"next: nnQC_convert -s {args.s} -d <QC dataset id> --candidates {result.output_folder}/*")
 
 

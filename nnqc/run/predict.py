@@ -99,6 +99,9 @@ def predict_entry() -> None:
     parser.add_argument("--fp32", action="store_true",
                         help="full precision: no bf16 autocast on CPUs with native bf16 (AMX, AVX-512 BF16) and no "
                              "mixed precision on a GPU")
+    parser.add_argument("--tta", action="store_true",
+                        help="test-time mirroring over the axes the model was trained to mirror: 8 forward passes "
+                             "per fold instead of 1 (off by default: see the benchmarks page for what it changed)")
     parser.add_argument("--trust_class", nargs="+", default=[], metavar="package.module.Class",
                         help="classes a model's files may name besides nnQC's own and torch's layers (your own "
                              "trainer or network); also read from the environment variable nnQC_trusted_classes")
@@ -120,7 +123,7 @@ def predict_entry() -> None:
     set_thread_counts(device.type)  # CUDA: 1 thread and 1 inter-op thread, as nnUNetv2_predict
     npp = (0 if on_cpu else 1) if args.npp is None else args.npp
     nps = (1 if on_cpu else 2) if args.nps is None else args.nps
-    predictor = nnQCPredictor(device, fp32=args.fp32)
+    predictor = nnQCPredictor(device, fp32=args.fp32, use_mirroring=args.tta)
     try:
         folder = args.m if args.m is not None else model_folder(
             args.d, args.tr or "nnQCTrainer", args.p or DEFAULT_PLANS_NAME, args.c or "3d_fullres")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 
 from batchgenerators.utilities.file_and_folder_operations import join
@@ -76,3 +77,39 @@ def write_derived_dataset(source: SourceDataset, subset: ChannelSubset, roots: S
     if current != dataset_json:
         write_json_atomically(json_file, dataset_json)
     return linked
+
+
+def test_images_in(dataset_folder: str, file_ending: str, num_channels: int) -> dict[str, list[str]]:
+    """A raw dataset's imagesTs cases (nnU-Net's test images, no references needed): case -> its channel files in
+    channel order. A case missing a channel is refused by name; no imagesTs folder gives no case."""
+    folder = join(dataset_folder, "imagesTs")
+    if not os.path.isdir(folder):
+        return {}
+    channel_file = re.compile(r"(.+)_(\d{4})" + re.escape(file_ending))
+    channels: dict[str, dict[int, str]] = {}
+    for name in sorted(os.listdir(folder)):
+        match = channel_file.fullmatch(name)
+        if match and not name.startswith("."):
+            channels.setdefault(match.group(1), {})[int(match.group(2))] = join(folder, name)
+    cases = {}
+    for case, files in channels.items():
+        missing = [c for c in range(num_channels) if c not in files]
+        if missing:
+            raise ValueError(f"test case {case} in {folder} lacks channel(s) {missing} "
+                             f"({case}_{missing[0]:04d}{file_ending})")
+        cases[case] = [files[c] for c in range(num_channels)]
+    return cases
+
+
+def write_derived_test_images(source: SourceDataset, subset: ChannelSubset, roots: SegmenterRoots) -> int:
+    """Link the subset's channels of the source's test images into the derived imagesTs (idempotent); returns
+    the number of test cases."""
+    cases = test_images_in(source.folder, source.file_ending, source.num_channels)
+    folder = join(roots.raw_dataset, "imagesTs")
+    os.makedirs(folder, exist_ok=True)
+    for case, files in cases.items():
+        for i, c in enumerate(subset.channels):
+            target = join(folder, f"{case}_{i:04d}{source.file_ending}")
+            if not _same_file(files[c], target):
+                link_or_copy(files[c], target)
+    return len(cases)

@@ -7,9 +7,15 @@ writing its validation cases at the snapshot epochs to OUT/<subset>_ep<E>/CASE<e
 splits_final.json when it has one, else nnU-Net's default 5-fold split, which is also the split nnQC's QC
 folds use: a QC model is then never validated on subjects whose candidates came from segmenters that trained on
 them. Everything resumes: a rerun continues unfinished trainings and skips what is done.
+
+With `segment_test_images`, every fold's model also segments the source's imagesTs at every snapshot
+(OUT/test/<subset>_ep<E>_fold<F>): subjects none of the folds trained on, each segmented by every fold, so the
+folds of one snapshot form an ensemble (nnQC_predict --ensemble_members) and the cases can serve as held-out
+evaluation candidates.
 """
 from __future__ import annotations
 
+import dataclasses
 import os
 import subprocess
 import sys
@@ -25,9 +31,14 @@ from nnqc.atomic_files import write_json_atomically
 from nnqc.preprocessing.splits import NUM_FOLDS, SPLIT_SEED
 from nnqc.qc_data.dataset_io import SourceDataset, open_source_dataset
 from nnqc.segmenters.channel_subsets import parse_subsets
-from nnqc.segmenters.derived_dataset import SegmenterRoots, write_derived_dataset
+from nnqc.segmenters.derived_dataset import (
+    SegmenterRoots,
+    test_images_in,
+    write_derived_dataset,
+    write_derived_test_images,
+)
 from nnqc.segmenters.snapshot_state import SnapshotState, resolve_snapshot_epochs
-from nnqc.segmenters.snapshot_trainer import snapshot_folder_name
+from nnqc.segmenters.snapshot_trainer import TEST_FOLDER, snapshot_folder_name, test_folder_name
 from nnqc.segmenters.worker import prepared_marker
 
 DEFAULT_SNAPSHOTS = ("2%", "10%", "30%", "100%")
@@ -42,6 +53,7 @@ class MakeCandidatesResult:
     work_folder: str
     candidate_folders: list[str]
     steps_run: int          # nnU-Net steps (prepare or train) this call ran; 0 when everything was done
+    test_folders: list[str] = dataclasses.field(default_factory=list)  # OUT/test/<subset>_ep<E>_fold<F>
 
 
 def source_splits(source: SourceDataset) -> tuple[list[dict], str]:
@@ -87,10 +99,13 @@ def make_candidates(source: str | int, configuration: str = "3d_fullres", subset
                     snapshots: Sequence[str] = DEFAULT_SNAPSHOTS, folds: Sequence[int] | None = None,
                     trainer: str = DEFAULT_TRAINER, initial_lr: float | None = None, device: str = "cuda",
                     num_processes: int = 2, output_folder: str | None = None, use_mirroring: bool = True,
-                    prepare_only: bool = False) -> MakeCandidatesResult:
+                    prepare_only: bool = False, segment_test_images: bool = False) -> MakeCandidatesResult:
     """Train the segmenters (or continue them) and write their out-of-fold snapshots; see the module docstring."""
     dataset = open_source_dataset(source)
     channel_subsets = parse_subsets(subsets, dataset.dataset_json["channel_names"])
+    test_cases = sorted(test_images_in(dataset.folder, dataset.file_ending, dataset.num_channels))
+    if segment_test_images and not test_cases:
+        raise ValueError(f"test images were asked for, but {dataset.folder} has no imagesTs cases")
     splits, origin = source_splits(dataset)
     folds = list(range(len(splits))) if folds is None else [int(f) for f in folds]
     beyond = [f for f in folds if not 0 <= f < len(splits)]
@@ -109,10 +124,17 @@ def make_candidates(source: str | int, configuration: str = "3d_fullres", subset
 
     steps_run = 0
     folders: set[str] = set()
+    test_folders: set[str] = set()
+
+    def tests_complete(tag: str, epochs: Sequence[int], fold: int) -> bool:
+        return all(os.path.isfile(join(output_folder, TEST_FOLDER, test_folder_name(tag, e, fold),
+                                       c + dataset.file_ending)) for e in epochs for c in test_cases)
     progress = tqdm(total=len(channel_subsets) * (1 + len(folds)), desc="nnQC make candidates")
     for subset in channel_subsets:
         roots = SegmenterRoots(join(work_folder, subset.tag), dataset.name)
         write_derived_dataset(dataset, subset, roots)
+        if segment_test_images:
+            write_derived_test_images(dataset, subset, roots)
         if not os.path.isfile(prepared_marker(roots.preprocessed_dataset, configuration)):
             progress.set_postfix_str(f"{subset.tag}: planning and preprocessing")
             _run_worker(["prepare", dataset.name, configuration, "-np", str(num_processes), "--splits", splits_file],
@@ -128,7 +150,10 @@ def make_candidates(source: str | int, configuration: str = "3d_fullres", subset
             if state.num_epochs is not None:
                 wanted = resolve_snapshot_epochs(snapshots, state.num_epochs)
                 folders |= {snapshot_folder_name(subset.tag, e) for e in wanted}
-                if state.is_complete(wanted):
+                if segment_test_images:
+                    test_folders |= {test_folder_name(subset.tag, e, fold) for e in wanted}
+                if state.is_complete(wanted) and (not segment_test_images or
+                                                  tests_complete(subset.tag, wanted, fold)):
                     progress.update()
                     continue
             progress.set_postfix_str(f"{subset.tag}: fold {fold}")
@@ -138,6 +163,8 @@ def make_candidates(source: str | int, configuration: str = "3d_fullres", subset
                 arguments += ["--initial_lr", repr(initial_lr)]
             if not use_mirroring:
                 arguments.append("--disable_tta")
+            if segment_test_images:
+                arguments.append("--test")
             # a separate augmentation worker only competes with training on a CPU (nnUNet_n_proc_DA=0 is set for
             # training only: nnU-Net's planning breaks with it)
             extra = {"nnUNet_n_proc_DA": os.environ.get("nnUNet_n_proc_DA", "0")} if device == "cpu" else {}
@@ -145,8 +172,10 @@ def make_candidates(source: str | int, configuration: str = "3d_fullres", subset
             steps_run += 1
             state = SnapshotState.load(state_file)
             folders |= {snapshot_folder_name(subset.tag, e) for e in state.snapshot_epochs}
+            if segment_test_images:
+                test_folders |= {test_folder_name(subset.tag, e, fold) for e in state.snapshot_epochs}
             progress.update()
     progress.close()
     return MakeCandidatesResult(output_folder, work_folder, sorted(join(output_folder, f) for f in folders),
-                                steps_run)
+                                steps_run, sorted(join(output_folder, TEST_FOLDER, f) for f in test_folders))
 

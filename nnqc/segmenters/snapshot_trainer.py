@@ -4,7 +4,8 @@ The validation cases of a fold are exactly the subjects its model never trained 
 out-of-fold candidate, and snapshots from early to final epochs span poor to good segmentations (paper §2.2).
 Predictions go through nnU-Net's sliding-window predictor and export, into the source's geometry, one file per
 case written atomically; a state file records which snapshot epochs are complete so that resumed training
-skips them.
+skips them. With test images (the source's imagesTs), every snapshot of every fold also segments them, into
+OUT/test/<tag>_ep<E>_fold<F>: the folds of one snapshot are an ensemble over the same unseen cases.
 """
 from __future__ import annotations
 
@@ -21,12 +22,21 @@ from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
 
 from nnqc.atomic_files import replace_atomically
 from nnqc.preprocessing.plans_manager import nnQCPlansManager
+from nnqc.segmenters.nnunet_steps import SegmenterPreprocessor
 from nnqc.segmenters.snapshot_state import SnapshotState
 
 
 def snapshot_folder_name(tag: str, epoch: int) -> str:
     """OUT/<subset tag>_ep<E>: one candidate source per channel subset and snapshot epoch."""
     return f"{tag}_ep{epoch}"
+
+
+TEST_FOLDER = "test"
+
+
+def test_folder_name(tag: str, epoch: int, fold: int) -> str:
+    """OUT/test/<subset tag>_ep<E>_fold<F>: the test images segmented by one fold's model at one snapshot."""
+    return f"{snapshot_folder_name(tag, epoch)}_fold{fold}"
 
 
 class SnapshotMixin:
@@ -37,11 +47,13 @@ class SnapshotMixin:
     snapshot_tag: str = ""
     snapshot_state_file: str = ""
     snapshot_mirroring: bool = True
+    snapshot_test_images: dict[str, list[str]] = {}
 
     def configure_snapshots(self, epochs: tuple[int, ...], output_folder: str, tag: str, state_file: str,
-                            use_mirroring: bool = True) -> None:
+                            use_mirroring: bool = True, test_images: dict[str, list[str]] | None = None) -> None:
         self.snapshot_epochs, self.snapshot_output, self.snapshot_tag = tuple(epochs), output_folder, tag
         self.snapshot_state_file, self.snapshot_mirroring = state_file, use_mirroring
+        self.snapshot_test_images = dict(test_images or {})
         # nnU-Net resolves its reader/writer and resampling by walking its packages; nnQC's plans manager uses
         # explicit tables of the same classes
         self.plans_manager = nnQCPlansManager(self.plans_manager.plans)
@@ -98,10 +110,37 @@ class SnapshotMixin:
             replace_atomically(path, lambda p, s=segmentation, pr=properties: writer.write_seg(s, p, pr))
             written.append(path)
         self.print_to_log_file(f"snapshot at epoch {epoch}: {len(written)} validation case(s) -> {folder}")
+        if self.snapshot_test_images:
+            self.write_test_predictions(predictor, epoch)
         self._record_done(epoch, list(tr_keys), list(val_keys))
         self.set_deep_supervision_enabled(self.enable_deep_supervision)
         self.network.train()
         return written
+
+
+    def test_predictions_folder(self, epoch: int) -> str:
+        return join(self.snapshot_output, TEST_FOLDER, test_folder_name(self.snapshot_tag, epoch, self.fold))
+
+    def missing_test_predictions(self, epoch: int) -> list[str]:
+        folder, ending = self.test_predictions_folder(epoch), self.dataset_json["file_ending"]
+        return [c for c in self.snapshot_test_images if not os.path.isfile(join(folder, c + ending))]
+
+    def write_test_predictions(self, predictor: nnUNetPredictor, epoch: int) -> None:
+        """Segment the test images with the current weights (nnU-Net's preprocessing, sliding window and export)."""
+        folder = self.test_predictions_folder(epoch)
+        os.makedirs(folder, exist_ok=True)
+        preprocessor = SegmenterPreprocessor(verbose=False)
+        writer = self.plans_manager.image_reader_writer_class()
+        for case in self.missing_test_predictions(epoch):
+            data, _, properties = preprocessor.run_case(self.snapshot_test_images[case], None, self.plans_manager,
+                                                        self.configuration_manager, self.dataset_json)
+            logits = predictor.predict_sliding_window_return_logits(torch.from_numpy(data)).cpu()
+            segmentation = convert_predicted_logits_to_segmentation_with_correct_shape(
+                logits, self.plans_manager, self.configuration_manager, self.label_manager, properties)
+            replace_atomically(join(folder, case + self.dataset_json["file_ending"]),
+                               lambda p, s=segmentation, pr=properties: writer.write_seg(s, p, pr))
+        self.print_to_log_file(f"snapshot at epoch {epoch}: {len(self.snapshot_test_images)} test case(s) -> "
+                               f"{folder}")
 
 
 def with_snapshots(trainer_class: type[nnUNetTrainer]) -> type[nnUNetTrainer]:

@@ -85,11 +85,13 @@ def prepare(dataset_name: str, configuration: str, num_processes: int, splits_fi
 
 def train(dataset_name: str, configuration: str, fold: int, trainer_name: str, snapshots: list[str],
           output_folder: str, tag: str, state_file: str, initial_lr: float | None, device_name: str,
-          use_mirroring: bool) -> None:
-    """Train one fold (resuming when a checkpoint_latest exists) and write its snapshots."""
+          use_mirroring: bool, segment_test_images: bool = False) -> None:
+    """Train one fold (resuming when a checkpoint_latest exists) and write its snapshots (with
+    `segment_test_images`, also of the derived dataset's imagesTs)."""
     import torch
     from batchgenerators.utilities.file_and_folder_operations import load_json
 
+    from nnqc.segmenters.derived_dataset import test_images_in
     from nnqc.segmenters.snapshot_trainer import with_snapshots
     from nnqc.segmenters.trainer_classes import segmenter_trainer_class
 
@@ -114,13 +116,23 @@ def train(dataset_name: str, configuration: str, fold: int, trainer_name: str, s
     state.start(trainer=trainer_name, configuration=configuration, initial_lr=trainer.initial_lr,
                 num_epochs=trainer.num_epochs, snapshot_epochs=epochs)
     state.save(state_file)
-    trainer.configure_snapshots(tuple(epochs), output_folder, tag, state_file, use_mirroring)
-    if os.path.isfile(final):
-        missing = [e for e in epochs if e not in trainer.done_snapshots()]
-        lost = [e for e in missing if e != trainer.num_epochs]
-        if lost:
-            raise RuntimeError(f"fold {fold} of {tag} finished training before snapshot epoch(s) {lost} were asked "
-                               f"for; remove {trainer.output_folder} to train it again with them")
+    dataset_json = trainer.dataset_json
+    test_images = test_images_in(os.path.join(_nnunet_paths()[0], dataset_name), dataset_json["file_ending"],
+                                 len(dataset_json["channel_names"])) if segment_test_images else {}
+    if segment_test_images and not test_images:
+        raise RuntimeError(f"test images were asked for, but {dataset_name} has no imagesTs")
+    trainer.configure_snapshots(tuple(epochs), output_folder, tag, state_file, use_mirroring, test_images)
+    done = trainer.done_snapshots()
+    without_test = [e for e in epochs if e in done and test_images and trainer.missing_test_predictions(e)]
+    final_exists = os.path.isfile(final)
+    lost = [e for e in without_test if not (final_exists and e == trainer.num_epochs)]
+    if final_exists:
+        lost += [e for e in epochs if e not in done and e != trainer.num_epochs]
+    if lost:
+        raise RuntimeError(f"fold {fold} of {tag} is past snapshot epoch(s) {sorted(lost)} that were not written "
+                           f"(or not with the test images); remove {trainer.output_folder} to train it again")
+    if final_exists:
+        missing = [e for e in epochs if e not in done or e in without_test]
         if missing:
             trainer.initialize()
             trainer.load_checkpoint(final)
@@ -154,12 +166,13 @@ def main() -> None:
     t.add_argument("--initial_lr", type=float, default=None)
     t.add_argument("-device", default="cuda")
     t.add_argument("--disable_tta", action="store_true")
+    t.add_argument("--test", action="store_true", help="also segment the dataset's imagesTs at every snapshot")
     args = parser.parse_args()
     if args.step == "prepare":
         prepare(args.dataset, args.configuration, args.np, args.splits)
     else:
         train(args.dataset, args.configuration, args.fold, args.tr, args.snapshots, args.o, args.tag, args.state,
-              args.initial_lr, args.device, not args.disable_tta)
+              args.initial_lr, args.device, not args.disable_tta, args.test)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,178 @@
+"""Figures of benchmark_realistic.py: per variant, with 95 % bootstrap intervals over the held-out subjects
+(the 18 segmentations of one subject are resampled together), paired against the first variant; and the plot of
+DSC against NSD of real segmenters' candidates beside each degradation family's."""
+from __future__ import annotations
+
+import glob
+import json
+import os
+from collections.abc import Callable
+
+import numpy as np
+import pandas as pd
+from scipy.stats import pearsonr, spearmanr
+
+from nnqc.evaluation.failure_detection import aurc, optimal_aurc, random_aurc
+
+REPEATS = 2000
+HIGH_DSC = 0.85
+
+
+def _r(true: np.ndarray, predicted: np.ndarray) -> float:
+    return float(pearsonr(true, predicted)[0]) if np.ptp(true) > 0 and np.ptp(predicted) > 0 else np.nan
+
+
+def _rho(true: np.ndarray, predicted: np.ndarray) -> float:
+    return float(spearmanr(true, predicted)[0]) if np.ptp(true) > 0 and np.ptp(predicted) > 0 else np.nan
+
+
+def _high_error(t: pd.DataFrame, column: str) -> float:
+    high = t["true_dsc"] > HIGH_DSC
+    return float((t.loc[high, column] - t.loc[high, "true_dsc"]).mean()) if high.any() else np.nan
+
+
+def _gap_closed(t: pd.DataFrame, confidence: str) -> float:
+    risk = 1 - t["true_dsc"].to_numpy()
+    best, chance = optimal_aurc(risk), random_aurc(risk)
+    return float((chance - aurc(risk, t[confidence].to_numpy())) / (chance - best)) if chance > best else np.nan
+
+
+# name -> (function of a variant's per-case table, format)
+FIGURES: dict[str, Callable[[pd.DataFrame], float]] = {
+    "DSC r": lambda t: _r(t["true_dsc"].to_numpy(), t["predicted_dsc"].to_numpy()),
+    "DSC rho": lambda t: _rho(t["true_dsc"].to_numpy(), t["predicted_dsc"].to_numpy()),
+    "DSC MAE": lambda t: float((t["true_dsc"] - t["predicted_dsc"]).abs().mean()),
+    "NSD r": lambda t: _r(t["true_nsd"].to_numpy(), t["predicted_nsd"].to_numpy()),
+    "NSD MAE": lambda t: float((t["true_nsd"] - t["predicted_nsd"]).abs().mean()),
+    "err>0.85 raw": lambda t: _high_error(t, "predicted_dsc"),
+    "err>0.85 recal": lambda t: _high_error(t, "calibrated_dsc") if "calibrated_dsc" in t else np.nan,
+    "DSC_SEM": lambda t: float(t[[c for c in t.columns if c.startswith("dsc_sem_")]].mean(axis=1).mean()),
+    "coverage": lambda t: float(((t["dsc_lower"] <= t["true_dsc"]) & (t["true_dsc"] <= t["dsc_upper"])).mean())
+    if "dsc_lower" in t else np.nan,
+    "AURC": lambda t: aurc(1 - t["true_dsc"].to_numpy(), t["predicted_dsc"].to_numpy()),
+    "gap closed": lambda t: _gap_closed(t, "predicted_dsc"),
+}
+BASELINE_FIGURES = {
+    "AURC": lambda t, c: aurc(1 - t["true_dsc"].to_numpy(), t[c].to_numpy()),
+    "gap closed": _gap_closed,
+    "DSC rho": lambda t, c: _rho(t["true_dsc"].to_numpy(), t[c].to_numpy()),
+}
+
+
+def variant_tables(root: str, cases: pd.DataFrame) -> dict[str, pd.DataFrame]:
+    tables = {}
+    for file in sorted(glob.glob(os.path.join(root, "variants", "*", "qc_evaluation.csv")),
+                       key=os.path.getmtime):
+        table = pd.read_csv(file).merge(cases, on="case")
+        tables[os.path.basename(os.path.dirname(file))] = table.set_index("case").loc[sorted(cases["case"])]
+    return tables
+
+
+def _bootstrap_draws(subjects: np.ndarray, seed: int = 0) -> list[np.ndarray]:
+    """Row indices of each bootstrap replicate: the subjects drawn with replacement, all their rows together."""
+    names = np.unique(subjects)
+    rows = {s: np.flatnonzero(subjects == s) for s in names}
+    rng = np.random.default_rng(seed)
+    return [np.concatenate([rows[s] for s in rng.choice(names, len(names))]) for _ in range(REPEATS)]
+
+
+def _interval(values: list[float]) -> tuple[float, float]:
+    low, high = np.nanpercentile(np.array(values, dtype=float), [2.5, 97.5])
+    return float(low), float(high)
+
+
+def report(root: str, cases: pd.DataFrame) -> list[str]:
+    tables = variant_tables(root, cases)
+    if not tables:
+        return ["no finished variant yet"]
+    first_name, first = next(iter(tables.items()))
+    draws = _bootstrap_draws(first["subject"].to_numpy())
+    true = first["true_dsc"]
+    lines = [f"{len(first)} held-out segmentations of {first['subject'].nunique()} subjects by "
+             f"{first['segmenter'].nunique()} segmenters; true DSC min {true.min():.3f}, q10 {true.quantile(.1):.3f},"
+             f" median {true.median():.3f}, q90 {true.quantile(.9):.3f}, max {true.max():.3f}; "
+             f"{(true.between(.6, .95)).mean():.0%} in [0.6, 0.95]",
+             f"optimal AURC {optimal_aurc(1 - true.to_numpy()):.3f}, random {random_aurc(1 - true.to_numpy()):.3f};"
+             f" 95 % intervals: {REPEATS} bootstrap draws of the subjects; 'vs {first_name}': paired difference"]
+    summary = {}
+    for name, table in tables.items():
+        lines.append(f"\n{name}:")
+        summary[name] = {}
+        for figure, function in FIGURES.items():
+            value = function(table)
+            values = [function(table.iloc[i]) for i in draws]
+            line = f"  {figure:<15}{value:>8.3f}  [{_interval(values)[0]:.3f}, {_interval(values)[1]:.3f}]"
+            if name != first_name:
+                difference = [v - function(first.iloc[i]) for v, i in zip(values, draws)]
+                line += f"   vs {first_name} {value - function(first):+.3f} [{_interval(difference)[0]:+.3f}, " \
+                        f"{_interval(difference)[1]:+.3f}]"
+            lines.append(line)
+            summary[name][figure] = {"value": value, "interval": _interval(values)}
+    lines.append("\nensemble agreement (mean pairwise DSC of the 3 folds of each segmenter and snapshot) as the "
+                 "confidence:")
+    for figure, function in BASELINE_FIGURES.items():
+        value = function(first, "ensemble_agreement")
+        values = [function(first.iloc[i], "ensemble_agreement") for i in draws]
+        lines.append(f"  {figure:<15}{value:>8.3f}  [{_interval(values)[0]:.3f}, {_interval(values)[1]:.3f}]")
+        summary.setdefault("ensemble_agreement", {})[figure] = {"value": value, "interval": _interval(values)}
+    with open(os.path.join(root, "realistic_figures.json"), "w") as f:
+        json.dump(summary, f, indent=1)
+    return lines
+
+
+def family_plot(source: str, cases: pd.DataFrame, root: str, seeds_per_family: int = 12) -> None:
+    """DSC against NSD: the real evaluation candidates, and every degradation family applied to the held-out
+    references; printed: per family group, the median distance (in the DSC-NSD plane) from a real candidate to
+    the nearest synthetic one of that group (small: the group covers what real segmenters make)."""
+    import matplotlib
+    import SimpleITK as sitk
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from nnqc.metrics import get_regions, quality_targets
+    from nnqc.qc_data.generators import BOUNDARY_FAMILIES, CLASSIC_FAMILIES, generate_candidate
+
+    out = os.path.join(root, "dsc_vs_nsd_by_family.png")
+    points_file = os.path.join(root, "dsc_vs_nsd_by_family.csv")
+    with open(os.path.join(source, "dataset.json")) as f:
+        region_names, regions = get_regions(json.load(f))
+    if not os.path.isfile(points_file):
+        def read(path):
+            image = sitk.ReadImage(path)
+            return sitk.GetArrayFromImage(image), image.GetSpacing()[::-1]
+
+        rows = []
+        segmentations = os.path.join(root, "evaluation", "segmentations")
+        for case in cases["case"]:
+            reference, spacing = read(os.path.join(root, "evaluation", "references", case + ".nii.gz"))
+            t = quality_targets(reference, read(os.path.join(segmentations, case + ".nii.gz"))[0], regions,
+                                spacing, 1.0)
+            rows.append({"source": "real: " + case.split("__")[1].split("_ep")[0], "dsc": t["dsc"], "nsd": t["nsd"]})
+        subjects = sorted(cases["subject"].unique())
+        for family in CLASSIC_FAMILIES + BOUNDARY_FAMILIES:
+            for k in range(seeds_per_family):
+                reference, spacing = read(os.path.join(source, "labelsTs", subjects[k % len(subjects)] + ".nii.gz"))
+                candidate = generate_candidate(family, reference, 1000 + k, spacing, [0, 1, 2, 3], regions)
+                t = quality_targets(reference, candidate, regions, spacing, 1.0)
+                rows.append({"source": family, "dsc": t["dsc"], "nsd": t["nsd"]})
+        pd.DataFrame(rows).to_csv(points_file, index=False)
+    points = pd.read_csv(points_file)
+    real = points[points["source"].str.startswith("real")]
+    figure, axis = plt.subplots(figsize=(7, 6))
+    for family in CLASSIC_FAMILIES + BOUNDARY_FAMILIES:
+        p = points[points["source"] == family]
+        axis.scatter(p["dsc"], p["nsd"], s=14, marker="o" if family in CLASSIC_FAMILIES else "^", label=family)
+    axis.scatter(real["dsc"], real["nsd"], s=10, c="k", marker="x", label="real nnU-Net candidates")
+    axis.set(xlabel="true DSC", ylabel="true NSD", xlim=(0, 1.02), ylim=(0, 1.02),
+             title="Real segmenters' candidates beside the degradation families")
+    axis.legend(fontsize=7, loc="lower right")
+    figure.tight_layout()
+    figure.savefig(out, dpi=110)
+    plt.close(figure)
+    for group, families in (("classic", CLASSIC_FAMILIES), ("boundary", BOUNDARY_FAMILIES)):
+        synthetic = points[points["source"].isin(families)][["dsc", "nsd"]].to_numpy()
+        distances = np.min(np.linalg.norm(real[["dsc", "nsd"]].to_numpy()[:, None] - synthetic[None], axis=2), 1)
+        print(f"families {group:<9}: median distance from a real candidate to the nearest synthetic one "
+              f"{np.median(distances):.3f} (q90 {np.quantile(distances, .9):.3f})")
+    print(f"plot: {out}")
