@@ -20,6 +20,7 @@ from nnqc.calibration.conformal import DEFAULT_ALPHA
 from nnqc.error_messages import one_line
 from nnqc.evaluation.calibration_evaluation import calibration_evaluation
 from nnqc.evaluation.calibration_plots import risk_coverage_png
+from nnqc.evaluation.ensemble_evaluation import ENSEMBLE_EVALUATION_COLUMNS, ensemble_figures
 from nnqc.evaluation.failure_detection import failure_detection_summary
 from nnqc.evaluation.figures import format_figures
 from nnqc.evaluation.plots import scatter_png
@@ -238,6 +239,7 @@ def evaluate_predictions(output_folder: str, reference_folder: str, dataset_json
 
     predicted = table.set_index("case")
     calibrated_columns = [c for c in CALIBRATED_EVALUATION_COLUMNS if c in table.columns]
+    calibrated_columns += [c for c in ENSEMBLE_EVALUATION_COLUMNS if c in table.columns]
     rows = []
     for r in results:
         p = predicted.loc[r["case"]]
@@ -278,6 +280,7 @@ def evaluate_predictions(output_folder: str, reference_folder: str, dataset_json
         write_bytes_atomically(risk_coverage, risk_coverage_png(valid["true_dsc"], valid["predicted_dsc"]))
     elif os.path.isfile(risk_coverage):
         os.remove(risk_coverage)  # of an earlier evaluation: it would not describe this one
+    result["ensemble"] = ensemble_figures(included, flag_below, output_folder) if flag_below is not None else None
     result["not_evaluated"] = not_evaluated
     result["inputs_not_verified"] = unverified
     result = _json_ready(result)

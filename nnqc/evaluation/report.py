@@ -214,13 +214,22 @@ def write_report(output_folder: str, max_previews: int | None = DEFAULT_MAX_PREV
                 "<b>decision</b> is <i>fail</i> when the whole interval lies below the threshold, <i>pass</i> when it "
                 "lies at or above it, and <i>review</i> otherwise, when the case lies outside what the model was "
                 "trained on (the reason is given), or when the network saw it only in part. " if decisions else "")
+             + ("<b>Ensemble agreement</b> is the mean DSC between every two of your segmenter's ensemble members: "
+                "low where the members disagree, a sign that the case is hard. " if "ensemble_agreement" in table
+                else "")
+             + ("The <b>fused DSC</b> combines nnQC's prediction with the agreement (a model fitted on labelled "
+                "cases by nnQC_evaluate); the decision then follows its interval. " if "fused_dsc" in table else "")
              + "The pictures show, "
              "per case, the axial slice with the most predicted error: the first image channel in grey, the "
              "segmentation's outline per region, and the predicted error in translucent red.</p>",
              "<h2>Cases, worst first</h2>"]
     if len(assessed):
         has_truth = evaluation is not None
+        agreement = "ensemble_agreement" in assessed
+        fused = "fused_dsc" in assessed
         header = ["#", "case", "predicted DSC", "predicted NSD", "flag",
+                  *(["ensemble agreement"] if agreement else []),
+                  *(["fused DSC", "fused interval"] if fused else []),
                   *(["calibrated DSC", "DSC interval", "decision", "outside the training range"] if decisions else []),
                   *[f"error volume {e(name)} (mL)" for name in region_names]]
         if has_truth:
@@ -231,6 +240,9 @@ def write_report(output_folder: str, max_previews: int | None = DEFAULT_MAX_PREV
                      format_with_sd(row["predicted_dsc"], row.get("predicted_dsc_sd")),
                      format_with_sd(row["predicted_nsd"], row.get("predicted_nsd_sd")),
                      _flag_badge(row["flagged"]) + _partial_badge(row),
+                     *([format_number(row.get("ensemble_agreement"), missing="")] if agreement else []),
+                     *([format_number(row.get("fused_dsc"), missing=""),
+                        format_interval(row.get("fused_dsc_lower"), row.get("fused_dsc_upper"))] if fused else []),
                      *([format_number(row.get("calibrated_dsc"), missing=""),
                         format_interval(row.get("dsc_lower"), row.get("dsc_upper")), _decision_badge(row),
                         e(str(row.get("out_of_training_range") or "") if isinstance(row.get("out_of_training_range"),

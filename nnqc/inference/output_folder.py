@@ -16,6 +16,7 @@ from batchgenerators.utilities.file_and_folder_operations import isfile, join, l
 from nnqc.atomic_files import write_text_atomically
 from nnqc.calibration.calibrated_quality import CALIBRATED_COLUMNS
 from nnqc.inference.case_failures import ERROR, errors_log_text, status_kind
+from nnqc.inference.ensemble_members import ENSEMBLE_COLUMNS
 from nnqc.inference.input_fingerprints import changed_inputs
 from nnqc.output_files import (
     CASE_RESULTS_FOLDER,
@@ -30,9 +31,9 @@ from nnqc.output_files import (
 # their settings (and number of parts) agree
 CONTRACT_SETTINGS = ("images_folder", "segmentations_folder", "model_folder", "dataset", "trainer", "plans",
                      "configuration", "folds", "checkpoint", "flag_below", "maps_written", "precision", "alpha",
-                     "recalibration", "calibration", "test_time_mirroring")
+                     "recalibration", "calibration", "test_time_mirroring", "ensemble_members", "fusion")
 # what a run recorded before a setting existed meant its default
-SETTING_DEFAULTS = {"test_time_mirroring": []}
+SETTING_DEFAULTS = {"test_time_mirroring": [], "ensemble_members": [], "fusion": None}
 SUMMARY_COLUMNS = ("case", "predicted_dsc", "predicted_dsc_sd", "predicted_nsd", "predicted_nsd_sd", "flagged",
                    "partial_view", "foreground_outside_view", *CALIBRATED_COLUMNS)
 
@@ -142,7 +143,8 @@ def write_qc_summary(output_folder: str, region_names: list[str]) -> pd.DataFram
         if name.endswith(".json") and not name.startswith("."):
             with open(join(folder, name)) as f:
                 rows.append(json.load(f))
-    columns = [*SUMMARY_COLUMNS, *[f"sem_volume_ml_{n}" for n in region_names], "status"]
+    ensemble = [c for c in ENSEMBLE_COLUMNS if any(c in r for r in rows)]  # only where members were given
+    columns = [*SUMMARY_COLUMNS, *ensemble, *[f"sem_volume_ml_{n}" for n in region_names], "status"]
     table = pd.DataFrame(rows, columns=columns)
     table["_ok"] = table["status"] == "ok"
     table = table.sort_values(["_ok", "predicted_dsc", "case"], ascending=[False, True, True], kind="stable")

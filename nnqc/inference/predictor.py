@@ -8,6 +8,7 @@ geometry as one bit-encoded label map (bit c set where region c is predicted wro
 from __future__ import annotations
 
 import os
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 
@@ -22,10 +23,12 @@ from nnqc.calibration.calibrated_quality import calibrated_case_row
 from nnqc.calibration.calibration_file import Calibration
 from nnqc.calibration.conformal import DEFAULT_ALPHA, check_alpha
 from nnqc.calibration.fold_coverage import TRAINING_RANGE_FILE, ensemble_coverage
+from nnqc.calibration.fusion import Fusion
 from nnqc.calibration.training_range import TrainingCoverage, case_statistics, out_of_training_range
 from nnqc.inference import forward
 from nnqc.inference.case_failures import CaseError, DeviceUnusableError, device_is_unusable, recover_after, unexpected
 from nnqc.inference.cases import CaseFiles, check_case_arrays, find_cases, read_case
+from nnqc.inference.ensemble_members import agreement_columns, check_member_folders, fused_columns, member_files
 from nnqc.inference.input_folder import check_input_folders
 from nnqc.inference.model_loading import (
     FINGERPRINT_FILE,
@@ -71,6 +74,9 @@ class nnQCPredictor:
         fold instead of 1)."""
         self.device, self.verbose, self.allow_tqdm = device, verbose, allow_tqdm
         self.use_mirroring = use_mirroring
+        self.ensemble_members: list[str] = []
+        self.fusion: Fusion | None = None
+        self.fusion_file: str | None = None
         self.mirror_axes: tuple[int, ...] = ()
         self.precision = forward_precision(device, fp32)
         self.network = self.fold_weights = self.plans_manager = self.configuration_manager = None
@@ -225,7 +231,8 @@ class nnQCPredictor:
                            save_maps: bool = True, flag_below: float = DEFAULT_FLAG_BELOW, num_parts: int = 1,
                            part_id: int = 0, continue_prediction: bool = False,
                            num_processes_preprocessing: int = 0, num_threads_export: int = 1,
-                           alpha: float = DEFAULT_ALPHA) -> pd.DataFrame:
+                           alpha: float = DEFAULT_ALPHA, ensemble_members: Sequence[str] = (),
+                           fusion_file: str | None = None) -> pd.DataFrame:
         """Assess every case of SEGMENTATIONS (CASE + file ending) with its images (CASE_XXXX + file ending).
 
         Every per-case problem, of any kind, skips the case and lists it with the reason; the summary is always
@@ -235,6 +242,9 @@ class nnQCPredictor:
         With num_processes_preprocessing > 0, cases are read and preprocessed ahead in worker processes while
         the network runs; num_threads_export > 1 restores and writes maps in background threads.
         alpha: the intervals' coverage is 1 - alpha (with a calibration; see load_calibration).
+        ensemble_members: folders of the segmenter's ensemble members (each holding every case): the agreement
+        columns; fusion_file (nnQC_evaluate's qc_fusion.json): the fused DSC, its interval and the decision from
+        them (see nnqc.inference.ensemble_members).
         """
         alpha = check_alpha(alpha)
         check_input_folders(images_folder, segmentations_folder, self.dataset_json)
@@ -249,6 +259,13 @@ class nnQCPredictor:
                                      len(self.dataset_json["channel_names"]))
         if not cases and not problems:
             raise FileNotFoundError(f"no segmentation ({file_ending}) in {segmentations_folder}")
+        if fusion_file is not None and not ensemble_members:
+            raise ValueError("--fusion needs --ensemble_members: the fused DSC combines nnQC's with the agreement")
+        self.ensemble_members = [os.path.abspath(f) for f in ensemble_members]
+        if self.ensemble_members:
+            check_member_folders(self.ensemble_members, {c.case: c.segmentation for c in cases}, file_ending)
+        self.fusion = Fusion.load(fusion_file) if fusion_file is not None else None
+        self.fusion_file = os.path.abspath(fusion_file) if fusion_file is not None else None
         settings = self._settings(images_folder, segmentations_folder, save_maps, flag_below, num_parts, alpha)
         if self.calibration is None:
             print(f"WARNING: no calibration, so no intervals and no pass/review/fail decisions: "
@@ -288,6 +305,9 @@ class nnQCPredictor:
                     if note is not None:
                         print(note)
                     result = self.predict_preprocessed(data, candidate, properties["nnqc_window"])
+                    if self.ensemble_members:
+                        result["agreement"] = agreement_columns(
+                            case.segmentation, member_files(self.ensemble_members, case.case, file_ending))
                 except CaseError as e:
                     skip_case(output_folder, case.case, str(e), file_ending)
                     continue
@@ -321,6 +341,11 @@ class nnQCPredictor:
             row["foreground_outside_view"] = properties["foreground_outside_view"]
             row.update(self.calibrated_row(row["predicted_dsc"], row["predicted_nsd"], properties, alpha,
                                            flag_below))
+            if "agreement" in result:
+                row.update(result["agreement"])
+                if self.fusion is not None:
+                    reasons = [row["out_of_training_range"]] if row.get("out_of_training_range") else []
+                    row.update(fused_columns(self.fusion, row, alpha, flag_below, reasons))
             if result["sem"] is not None:
                 bits = self.restore_to_input_geometry(encode_sem_bits(result["sem"]), properties)
                 row.update(forward.sem_volumes_ml(bits, self.region_names, properties["spacing"]))
@@ -347,6 +372,7 @@ class nnQCPredictor:
                 "folds": self.folds, "trainer": self.trainer_name, "plans": self.plans_manager.plans_name,
                 "flag_below": flag_below, "maps_written": save_maps, "num_parts": num_parts,
                 "precision": self.precision, "test_time_mirroring": list(self.mirror_axes),
+                "ensemble_members": self.ensemble_members, "fusion": self.fusion_file,
                 "file_ending": self.dataset_json["file_ending"], "region_names": self.region_names,
                 "regions": [list(r) for r in self.regions],
                 "nsd_tolerance_mm": nsd_tolerance_mm(self.dataset_json),

@@ -48,6 +48,12 @@ def print_table(table) -> None:
             shown[column] = table[column].map(_table_number)
     if "dsc_lower" in table:
         shown["dsc_interval"] = [format_interval(lo, hi) for lo, hi in zip(table["dsc_lower"], table["dsc_upper"])]
+    for column, name in (("ensemble_agreement", "agreement"), ("fused_dsc", "fused_dsc")):
+        if column in table:
+            shown[name] = table[column].map(_table_number)
+    if "fused_dsc_lower" in table:
+        shown["fused_interval"] = [format_interval(lo, hi)
+                                   for lo, hi in zip(table["fused_dsc_lower"], table["fused_dsc_upper"])]
     for column in ("decision", "flagged", "partial_view"):
         if column in table:
             shown[column] = table[column].map(lambda v: "" if v is None or v != v else str(v))
@@ -102,6 +108,13 @@ def predict_entry() -> None:
     parser.add_argument("--tta", action="store_true",
                         help="test-time mirroring over the axes the model was trained to mirror: 8 forward passes "
                              "per fold instead of 1 (off by default: see the benchmarks page for what it changed)")
+    parser.add_argument("--ensemble_members", nargs="+", default=[], metavar="DIR",
+                        help="folders of your segmenter's ensemble members, each with a segmentation of every case "
+                             "(e.g. nnUNetv2_predict ... -f N per fold): their mean pairwise DSC (ensemble "
+                             "agreement) and the assessed segmentation's DSC to them go into the summary")
+    parser.add_argument("--fusion", default=None, metavar="qc_fusion.json",
+                        help="with --ensemble_members: the fusion nnQC_evaluate fitted on labelled cases; the fused "
+                             "DSC, its interval and the decision from them go into the summary")
     parser.add_argument("--trust_class", nargs="+", default=[], metavar="package.module.Class",
                         help="classes a model's files may name besides nnQC's own and torch's layers (your own "
                              "trainer or network); also read from the environment variable nnQC_trusted_classes")
@@ -135,7 +148,7 @@ def predict_entry() -> None:
             " (this CPU computes bf16 natively; --fp32 for full precision)" if predictor.precision == "bf16" else ""))
         table = predictor.predict_from_files(args.i, args.s, args.o, not args.no_maps, args.flag_below,
                                              args.num_parts, args.part_id, args.continue_prediction, npp, nps,
-                                             args.alpha)
+                                             args.alpha, args.ensemble_members, args.fusion)
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         print(f"nnQC_predict: error: {e}", file=sys.stderr)
         sys.exit(EXIT_FAILED)
@@ -149,9 +162,10 @@ def predict_entry() -> None:
           f"summary: {join(args.o, 'qc_summary.csv')}")
     if predictor.calibration is not None:
         counts = decision_counts(table.loc[table["status"] == "ok", "decision"].tolist())
+        basis = "fused with the ensemble agreement" if predictor.fusion is not None else \
+            "recalibrated" if predictor.calibration.recalibrate else "raw, not recalibrated"
         print(f"decisions at coverage {1 - args.alpha:g} against DSC {args.flag_below}: {counts['pass']} pass, "
-              f"{counts['review']} review, {counts['fail']} fail "
-              f"({'recalibrated' if predictor.calibration.recalibrate else 'raw, not recalibrated'})")
+              f"{counts['review']} review, {counts['fail']} fail ({basis})")
     else:
         print(f"no calibration ({predictor.calibration_status['reason']}): no intervals and no pass/review/fail "
               f"decisions, only the flag")
