@@ -24,6 +24,7 @@ from nnqc.qc_data.dataset_io import (
 )
 from nnqc.qc_data.external import external_sources
 from nnqc.qc_data.layout import DATASET_JSON
+from nnqc.qc_data.nnunet_model import harvested_sources, temporary_work_folder
 from nnqc.qc_data.progress import (
     check_resumable,
     done_samples,
@@ -77,9 +78,34 @@ def convert_dataset(source: str | int, target_id: int, target_name: str | None =
                     candidate_folders: Sequence[str] = (), candidate_tags: Sequence[str] | None = None,
                     num_seggen: int = 3, num_degradations: int = 10, tolerance_mm: float | None = None,
                     seed: int = 0, num_processes: int = 1, num_parts: int = 1, part_id: int = 0,
-                    verbose: bool = True, families: Sequence[str] | None = None) -> ConversionResult:
+                    verbose: bool = True, families: Sequence[str] | None = None,
+                    nnunet_models: Sequence[str] = ()) -> ConversionResult:
     """Build (or resume) $nnUNet_raw/DatasetYYY_NameQC from a source nnU-Net raw dataset. `families`: the
-    degradation families or groups to cycle through (nnqc.qc_data.sample_plan.degradation_families).
+    degradation families or groups to cycle through (nnqc.qc_data.sample_plan.degradation_families);
+    `nnunet_models`: trained nnU-Net model folders or exported zips whose folds' validation segmentations become
+    candidate sources (nnqc.qc_data.nnunet_model).
+    """
+    if not nnunet_models:
+        return _convert_dataset(source, target_id, target_name, candidate_folders, candidate_tags, num_seggen,
+                                num_degradations, tolerance_mm, seed, num_processes, num_parts, part_id, verbose,
+                                families)
+    dataset = open_source_dataset(source)
+    tags = list(candidate_tags) if candidate_tags is not None else \
+        [os.path.basename(os.path.normpath(f)) for f in candidate_folders]
+    with temporary_work_folder() as work:
+        folders, harvested_tags = harvested_sources(nnunet_models, dataset.name, dataset.subjects,
+                                                    dataset.file_ending, work)
+        return _convert_dataset(source, target_id, target_name, [*candidate_folders, *folders],
+                                [*tags, *harvested_tags], num_seggen, num_degradations, tolerance_mm, seed,
+                                num_processes, num_parts, part_id, verbose, families, folders)
+
+
+def _convert_dataset(source: str | int, target_id: int, target_name: str | None,
+                     candidate_folders: Sequence[str], candidate_tags: Sequence[str] | None, num_seggen: int,
+                     num_degradations: int, tolerance_mm: float | None, seed: int, num_processes: int,
+                     num_parts: int, part_id: int, verbose: bool, families: Sequence[str] | None,
+                     partial_folders: Sequence[str] = ()) -> ConversionResult:
+    """convert_dataset with every candidate folder given.
 
     All inputs of this part are validated before anything is written; bad input raises ConversionError.
     """
@@ -103,7 +129,8 @@ def convert_dataset(source: str | int, target_id: int, target_name: str | None =
             raise ConversionError(f"{where}: {e}") from None
     if not np.isfinite(tolerance_mm) or tolerance_mm < 0:
         raise ConversionError(f"The NSD tolerance must be finite and >= 0 mm, got {tolerance_mm}")
-    externals = external_sources(candidate_folders, candidate_tags, dataset.subjects, dataset.file_ending)
+    externals = external_sources(candidate_folders, candidate_tags, dataset.subjects, dataset.file_ending,
+                                 partial_folders)
     plan = plan_samples(dataset.subjects, externals, num_seggen, num_degradations, seed, families)
     if not plan:
         raise ConversionError("The options produce no sample: give --candidates, --seggen or --degradations")

@@ -30,9 +30,10 @@ def sanitize_tag(text: str) -> str:
     return tag
 
 
-def index_candidate_folder(folder: str, subjects: Sequence[str], file_ending: str) -> dict[str, str]:
+def index_candidate_folder(folder: str, subjects: Sequence[str], file_ending: str,
+                           warn_missing: bool = True) -> dict[str, str]:
     """Map subject -> candidate file. A file without a subject is an error naming it; a subject without a file
-    is skipped with a warning."""
+    is skipped with a warning (unless the folder holds a part of the subjects by design: a fold's validation)."""
     if not os.path.isdir(folder):
         raise ConversionError(f"Candidate folder {folder} does not exist")
     known = set(subjects)
@@ -48,7 +49,7 @@ def index_candidate_folder(folder: str, subjects: Sequence[str], file_ending: st
     missing = [s for s in subjects if s not in files]
     if len(missing) == len(known):
         raise ConversionError(f"Candidate folder {folder} holds no file ending with {file_ending} for any subject")
-    if missing:
+    if missing and warn_missing:
         shown = ", ".join(missing[:5]) + (", ..." if len(missing) > 5 else "")
         warnings.warn(f"Candidate folder {folder} has no segmentation for {len(missing)} subject(s) ({shown}); "
                       f"they get no candidate from this folder", stacklevel=2)
@@ -56,8 +57,10 @@ def index_candidate_folder(folder: str, subjects: Sequence[str], file_ending: st
 
 
 def external_sources(folders: Sequence[str], tags: Sequence[str] | None, subjects: Sequence[str],
-                     file_ending: str) -> list[ExternalSource]:
-    """One source per folder, tagged by `tags` or by the sanitized folder name; tags must be distinct."""
+                     file_ending: str, partial_folders: Sequence[str] = ()) -> list[ExternalSource]:
+    """One source per folder, tagged by `tags` or by the sanitized folder name; tags must be distinct.
+    `partial_folders` hold some of the subjects by design (a fold's validation cases): no warning for the rest."""
+    partial = {os.path.abspath(f) for f in partial_folders}
     if tags is not None and len(tags) != len(folders):
         raise ConversionError(f"{len(tags)} candidate tags given for {len(folders)} candidate folders")
     sources = []
@@ -75,8 +78,8 @@ def external_sources(folders: Sequence[str], tags: Sequence[str] | None, subject
         if clash:
             raise ConversionError(f"Candidate folders {clash[0].folder} and {folder} both get the tag {tag!r}; "
                                   f"give distinct tags with --candidate_tags")
-        sources.append(ExternalSource(tag=tag, folder=folder, files=index_candidate_folder(folder, subjects,
-                                                                                            file_ending)))
+        sources.append(ExternalSource(tag=tag, folder=folder, files=index_candidate_folder(
+            folder, subjects, file_ending, warn_missing=folder not in partial)))
     return sources
 
 

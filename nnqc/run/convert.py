@@ -27,6 +27,11 @@ def _parser() -> argparse.ArgumentParser:
                              "predictions); one source per folder")
     parser.add_argument("--candidate_tags", nargs="+", default=None, metavar="TAG",
                         help="source tag per --candidates folder (default: the folder names)")
+    parser.add_argument("--nnunet_model", nargs="+", default=[], metavar="MODEL",
+                        help="trained nnU-Net model folder(s) (TRAINER__PLANS__CONFIGURATION) or zip(s) exported "
+                             "with nnUNetv2_export_model_to_zip --exp_cv_preds: each fold's validation "
+                             "segmentations become a candidate source <model>_fold<N>; the source's "
+                             "splits_final.json must be the split the model was trained on")
     parser.add_argument("--seggen", type=int, default=3, help="SegGen samples per subject (default 3)")
     degradations = parser.add_mutually_exclusive_group()
     degradations.add_argument("--degradations", type=int, default=10,
@@ -78,7 +83,7 @@ def convert_entry() -> None:
                 from None
         convert_dataset(args.source, target_id, args.name, args.candidates, args.candidate_tags, args.seggen,
                         0 if args.no_degradations else args.degradations, args.tolerance, args.seed, args.np,
-                        args.num_parts, args.part_id, families=args.families)
+                        args.num_parts, args.part_id, families=args.families, nnunet_models=args.nnunet_model)
     except (ConversionError, WorkerDiedError) as e:
         print(f"nnQC_convert: error: {e}", file=sys.stderr)
         sys.exit(1)
