@@ -37,12 +37,17 @@ SOURCE_ID = 820
 SEGMENTER = "nnUNetTrainer_10epochs_25iterations"
 TRAINING_SUBSETS, TRAINING_SNAPSHOTS = ["T1ce"], ("20%", "50%", "100%")
 EVALUATION_SUBSETS, EVALUATION_SNAPSHOTS = ["FLAIR", "T1", "T2"], ("50%", "100%")
-# name -> (degradation families, trainer); every trainer runs on the same fixed schedule
+# name -> (degradation families, trainer, nnU-Net candidates); every trainer runs on the same fixed schedule.
+# nnU-Net candidates: "snapshots" (T1ce out of fold at 20/50/100 %, as nnQC_make_candidates makes them),
+# "harvested" (only the final models' out-of-fold segmentations, read through nnQC_convert --nnunet_model from
+# the model folder nnU-Net leaves: what a user has for free) or "none"
 VARIANTS = {
-    "classic": (["classic"], "nnQCTrainer_CPUDemo"),
-    "boundary": (["all"], "nnQCTrainer_CPUDemo"),
-    "boundary+pearson": (["all"], "nnQCTrainer_PearsonLoss"),
-    "boundary+margin": (["all"], "nnQCTrainer_MarginRankingLoss"),
+    "classic": (["classic"], "nnQCTrainer_CPUDemo", "snapshots"),
+    "boundary": (["all"], "nnQCTrainer_CPUDemo", "snapshots"),
+    "boundary+pearson": (["all"], "nnQCTrainer_PearsonLoss", "snapshots"),
+    "harvested": (["classic"], "nnQCTrainer_CPUDemo", "harvested"),
+    "synthetic": (["classic"], "nnQCTrainer_CPUDemo", "none"),
+    "boundary+margin": (["all"], "nnQCTrainer_MarginRankingLoss", "snapshots"),
 }
 
 
@@ -125,6 +130,23 @@ def evaluation_set(source: str, test_folders: list[str], root: str) -> tuple[str
     return images, segmentations, references, table
 
 
+def harvestable_model(training_folders: list[str], root: str) -> str:
+    """The model folder nnU-Net would have left after training T1ce on the 3 folds: fold_N/validation/ holding
+    the final models' out-of-fold segmentations (hard links of the last snapshot's files)."""
+    from batchgenerators.utilities.file_and_folder_operations import load_json
+
+    final = max(training_folders, key=lambda f: int(f.rsplit("_ep", 1)[1]))
+    model = os.path.join(root, "harvest", f"{SEGMENTER}__nnUNetPlans__3d_fullres")
+    splits = load_json(os.path.join(os.environ["nnUNet_preprocessed"], f"Dataset{SOURCE_ID}_RealisticPhantom",
+                                    "splits_final.json"))
+    for fold, split in enumerate(splits):
+        validation = os.path.join(model, f"fold_{fold}", "validation")
+        os.makedirs(validation, exist_ok=True)
+        for case in split["val"]:
+            link(os.path.join(final, case + ".nii.gz"), os.path.join(validation, case + ".nii.gz"))
+    return model
+
+
 def train_variant(qc_id: int, trainer_name: str, epochs: int, iterations: int) -> tuple[str, float, int]:
     """QCResUNet on fold 0, fixed schedule; resumes; returns the model folder, training seconds, iterations."""
     from nnqc.run.train import get_trainer
@@ -168,9 +190,10 @@ def run_variant(name: str, qc_id: int, training_folders: list[str], inputs: tupl
     from nnqc.inference.predictor import nnQCPredictor
     from nnqc.qc_data.conversion import convert_dataset
 
-    families, trainer_name = VARIANTS[name]
-    convert_dataset(SOURCE_ID, qc_id, candidate_folders=training_folders, num_seggen=3, num_degradations=12,
-                    num_processes=2, verbose=False, families=families)
+    families, trainer_name, candidates = VARIANTS[name]
+    convert_dataset(SOURCE_ID, qc_id, candidate_folders=training_folders if candidates == "snapshots" else (),
+                    num_seggen=3, num_degradations=12, num_processes=2, verbose=False, families=families,
+                    nnunet_models=[harvestable_model(training_folders, root)] if candidates == "harvested" else ())
     plan_and_preprocess([qc_id], num_processes=2)
     model_folder, seconds, done_iterations = train_variant(qc_id, trainer_name, epochs, iterations)
     outputs = {}
@@ -207,7 +230,10 @@ def main() -> None:
         training_folders, test_folders = segmenters()
         print(f"segmenters ready after {(time.time() - start) / 60:.1f} min", flush=True)
         inputs = evaluation_set(source, test_folders, root)
-        family_plot(source, inputs[3], root)
+        try:
+            family_plot(source, inputs[3], root)
+        except Exception as e:  # the plot must not cost the variants' hours: said, and the run goes on
+            print(f"family plot failed: {type(e).__name__}: {e}", flush=True)
         for name in args.variants:
             result = run_variant(name, SOURCE_ID + 1 + list(VARIANTS).index(name), training_folders, inputs[:3],
                                  root, args.epochs, args.iterations)

@@ -26,37 +26,70 @@ def _rho(true: np.ndarray, predicted: np.ndarray) -> float:
     return float(spearmanr(true, predicted)[0]) if np.ptp(true) > 0 and np.ptp(predicted) > 0 else np.nan
 
 
-def _high_error(t: pd.DataFrame, column: str) -> float:
+Columns = dict[str, np.ndarray]
+
+
+def _high_error(t: Columns, column: str) -> float:
     high = t["true_dsc"] > HIGH_DSC
-    return float((t.loc[high, column] - t.loc[high, "true_dsc"]).mean()) if high.any() else np.nan
+    return float((t[column][high] - t["true_dsc"][high]).mean()) if high.any() and column in t else np.nan
 
 
-def _gap_closed(t: pd.DataFrame, confidence: str) -> float:
-    risk = 1 - t["true_dsc"].to_numpy()
+def _gap_closed(t: Columns, confidence: str) -> float:
+    risk = 1 - t["true_dsc"]
     best, chance = optimal_aurc(risk), random_aurc(risk)
-    return float((chance - aurc(risk, t[confidence].to_numpy())) / (chance - best)) if chance > best else np.nan
+    return float((chance - aurc(risk, t[confidence])) / (chance - best)) if chance > best else np.nan
 
 
-# name -> (function of a variant's per-case table, format)
-FIGURES: dict[str, Callable[[pd.DataFrame], float]] = {
-    "DSC r": lambda t: _r(t["true_dsc"].to_numpy(), t["predicted_dsc"].to_numpy()),
-    "DSC rho": lambda t: _rho(t["true_dsc"].to_numpy(), t["predicted_dsc"].to_numpy()),
-    "DSC MAE": lambda t: float((t["true_dsc"] - t["predicted_dsc"]).abs().mean()),
-    "NSD r": lambda t: _r(t["true_nsd"].to_numpy(), t["predicted_nsd"].to_numpy()),
-    "NSD MAE": lambda t: float((t["true_nsd"] - t["predicted_nsd"]).abs().mean()),
+def _coverage(t: Columns) -> float:
+    if "dsc_lower" not in t:
+        return np.nan
+    return float(((t["dsc_lower"] <= t["true_dsc"]) & (t["true_dsc"] <= t["dsc_upper"])).mean())
+
+
+# name -> function of a variant's per-case columns
+FIGURES: dict[str, Callable[[Columns], float]] = {
+    "DSC r": lambda t: _r(t["true_dsc"], t["predicted_dsc"]),
+    "DSC rho": lambda t: _rho(t["true_dsc"], t["predicted_dsc"]),
+    "DSC MAE": lambda t: float(np.abs(t["true_dsc"] - t["predicted_dsc"]).mean()),
+    "NSD r": lambda t: _r(t["true_nsd"], t["predicted_nsd"]),
+    "NSD MAE": lambda t: float(np.abs(t["true_nsd"] - t["predicted_nsd"]).mean()),
     "err>0.85 raw": lambda t: _high_error(t, "predicted_dsc"),
-    "err>0.85 recal": lambda t: _high_error(t, "calibrated_dsc") if "calibrated_dsc" in t else np.nan,
-    "DSC_SEM": lambda t: float(t[[c for c in t.columns if c.startswith("dsc_sem_")]].mean(axis=1).mean()),
-    "coverage": lambda t: float(((t["dsc_lower"] <= t["true_dsc"]) & (t["true_dsc"] <= t["dsc_upper"])).mean())
-    if "dsc_lower" in t else np.nan,
-    "AURC": lambda t: aurc(1 - t["true_dsc"].to_numpy(), t["predicted_dsc"].to_numpy()),
+    "err>0.85 recal": lambda t: _high_error(t, "calibrated_dsc"),
+    "DSC_SEM": lambda t: float(t["dsc_sem"].mean()),
+    "coverage": _coverage,
+    "AURC": lambda t: aurc(1 - t["true_dsc"], t["predicted_dsc"]),
     "gap closed": lambda t: _gap_closed(t, "predicted_dsc"),
 }
 BASELINE_FIGURES = {
-    "AURC": lambda t, c: aurc(1 - t["true_dsc"].to_numpy(), t[c].to_numpy()),
+    "AURC": lambda t, c: aurc(1 - t["true_dsc"], t[c]),
     "gap closed": _gap_closed,
-    "DSC rho": lambda t, c: _rho(t["true_dsc"].to_numpy(), t[c].to_numpy()),
+    "DSC rho": lambda t, c: _rho(t["true_dsc"], t[c]),
 }
+
+
+def columns_of(table: pd.DataFrame) -> Columns:
+    """The numeric columns the figures read, as arrays (bootstrap draws index them directly)."""
+    names = ["true_dsc", "predicted_dsc", "true_nsd", "predicted_nsd", "calibrated_dsc", "dsc_lower", "dsc_upper"]
+    columns = {n: table[n].to_numpy(dtype=np.float64) for n in names if n in table}
+    columns["dsc_sem"] = table[[c for c in table.columns if c.startswith("dsc_sem_")]].mean(axis=1).to_numpy()
+    return columns
+
+
+def _take(columns: Columns, rows: np.ndarray) -> Columns:
+    return {k: v[rows] for k, v in columns.items()}
+
+
+def confidence_columns(table: pd.DataFrame) -> pd.DataFrame:
+    """Per case: nnQC's predicted DSC, the ensemble agreement, their fusion (cross-fitted by subject: never
+    fitted on the case it judges) and the mean of their ranks."""
+    from scipy.stats import rankdata
+
+    from nnqc.calibration.fusion import cross_fitted_fusion
+
+    fused = cross_fitted_fusion(table, table["true_dsc"].to_numpy(), table["subject"].to_numpy())
+    return pd.DataFrame({"nnQC": table["predicted_dsc"], "agreement": table["ensemble_agreement"], "fused": fused,
+                         "rank mean": (rankdata(table["predicted_dsc"]) + rankdata(table["ensemble_agreement"]))
+                         / (2 * len(table))}, index=table.index)
 
 
 def variant_tables(root: str, cases: pd.DataFrame) -> dict[str, pd.DataFrame]:
@@ -95,26 +128,40 @@ def report(root: str, cases: pd.DataFrame) -> list[str]:
              f"optimal AURC {optimal_aurc(1 - true.to_numpy()):.3f}, random {random_aurc(1 - true.to_numpy()):.3f};"
              f" 95 % intervals: {REPEATS} bootstrap draws of the subjects; 'vs {first_name}': paired difference"]
     summary = {}
+    first_columns = columns_of(first)
     for name, table in tables.items():
         lines.append(f"\n{name}:")
         summary[name] = {}
+        columns = columns_of(table)
         for figure, function in FIGURES.items():
-            value = function(table)
-            values = [function(table.iloc[i]) for i in draws]
+            value = function(columns)
+            values = [function(_take(columns, i)) for i in draws]
             line = f"  {figure:<15}{value:>8.3f}  [{_interval(values)[0]:.3f}, {_interval(values)[1]:.3f}]"
             if name != first_name:
-                difference = [v - function(first.iloc[i]) for v, i in zip(values, draws)]
-                line += f"   vs {first_name} {value - function(first):+.3f} [{_interval(difference)[0]:+.3f}, " \
-                        f"{_interval(difference)[1]:+.3f}]"
+                difference = [v - function(_take(first_columns, i)) for v, i in zip(values, draws)]
+                low, high = _interval(difference)
+                line += f"   vs {first_name} {value - function(first_columns):+.3f} [{low:+.3f}, {high:+.3f}]"
             lines.append(line)
             summary[name][figure] = {"value": value, "interval": _interval(values)}
-    lines.append("\nensemble agreement (mean pairwise DSC of the 3 folds of each segmenter and snapshot) as the "
-                 "confidence:")
-    for figure, function in BASELINE_FIGURES.items():
-        value = function(first, "ensemble_agreement")
-        values = [function(first.iloc[i], "ensemble_agreement") for i in draws]
-        lines.append(f"  {figure:<15}{value:>8.3f}  [{_interval(values)[0]:.3f}, {_interval(values)[1]:.3f}]")
-        summary.setdefault("ensemble_agreement", {})[figure] = {"value": value, "interval": _interval(values)}
+    lines.append("\nfailure detection by confidence (ensemble agreement: mean pairwise DSC of the 3 folds of each "
+                 "segmenter and snapshot; fused: nnQC's predicted DSC, the agreement and the DSC to the other "
+                 "members, least squares cross-fitted over 5 subject groups; rank mean: mean of the two ranks)")
+    for name, table in tables.items():
+        confidences = confidence_columns(table)
+        columns = {"true_dsc": table["true_dsc"].to_numpy(), **{c: confidences[c].to_numpy() for c in confidences}}
+        for confidence in confidences.columns:
+            cells = []
+            for figure, function in BASELINE_FIGURES.items():
+                value = function(columns, confidence)
+                low, high = _interval([function(_take(columns, i), confidence) for i in draws])
+                cells.append(f"{figure} {value:.3f} [{low:.3f}, {high:.3f}]")
+                summary.setdefault(f"{name}: {confidence}", {})[figure] = {"value": value, "interval": (low, high)}
+            lines.append(f"  {name:<22}{confidence:<11}" + "  ".join(cells))
+        for other in ("nnQC", "agreement"):
+            value = _gap_closed(columns, "fused") - _gap_closed(columns, other)
+            low, high = _interval([_gap_closed(_take(columns, i), "fused") - _gap_closed(_take(columns, i), other)
+                                   for i in draws])
+            lines.append(f"  {name:<22}fused - {other}: gap closed {value:+.3f} [{low:+.3f}, {high:+.3f}]")
     with open(os.path.join(root, "realistic_figures.json"), "w") as f:
         json.dump(summary, f, indent=1)
     return lines
