@@ -130,16 +130,21 @@ def build_calibration(model_folder: str, folds: Sequence[int] | None = None,
     sources = [_source_record(model_folder, f) for f in folds]
     table = pd.concat([read_out_of_fold_predictions(join(model_folder, s["file"])).assign(fold=f)
                        for f, s in zip(folds, sources)], ignore_index=True)
+    return {"format_version": FORMAT_VERSION, "built_from": {"folds": folds, "sources": sources},
+            **calibration_from_table(table, min_samples_per_bin),
+            "samples_per_fold": {str(f): int((table["fold"] == f).sum()) for f in folds}}
+
+
+def calibration_from_table(table: pd.DataFrame, min_samples_per_bin: int = MIN_SAMPLES_PER_BIN) -> dict:
+    """The calibration of pooled out-of-fold predictions (columns as in qc_predictions_all.csv): sample counts,
+    subject-level recalibration maps, conformal scores and summary, and the same per calibrated region."""
     groups = subject_groups(table["subject"].astype(str).to_numpy())
     recalibration, conformal, summary = _calibration_block(table, "", groups, min_samples_per_bin)
     regions = {name: dict(zip(("recalibration", "conformal", "out_of_fold_summary"),
                               _calibration_block(table, f"_{name}", groups, min_samples_per_bin)))
                for name in calibrated_regions(table)}
     return {
-        "format_version": FORMAT_VERSION,
-        "built_from": {"folds": folds, "sources": sources},
         "num_samples": len(table), "num_subjects": int(table["subject"].nunique()),
-        "samples_per_fold": {str(f): int((table["fold"] == f).sum()) for f in folds},
         "recalibration": recalibration,
         "conformal": conformal,
         "out_of_fold_summary": summary,
