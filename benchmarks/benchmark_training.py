@@ -50,7 +50,7 @@ def time_training_iteration(runs: int, seed: int = 0) -> list[float]:
     generator = torch.Generator().manual_seed(seed)
     x = torch.randn(INPUT_SHAPE, generator=generator)
     x[:, 4:] = (torch.rand((1, 3, *PATCH_SIZE), generator=generator) < 0.02).float()
-    quality = torch.rand((1, 2), generator=generator)
+    quality = torch.rand((1, 2 + 2 * 3), generator=generator)  # subject level, then per region
     sem_target = torch.rand((1, 3, *PATCH_SIZE), generator=generator) < 0.01
 
     times = []

@@ -110,10 +110,10 @@ def brain_network() -> torch.nn.Module:
 
 
 def host_batch(batch: int, patch: tuple[int, ...]) -> dict:
-    """A batch as nnQCDataLoader delivers it: float32 images, int16 label maps, (B, 2) quality."""
+    """A batch as nnQCDataLoader delivers it: float32 images, int16 label maps, (B, 2 + 2C) quality."""
     labels = torch.randint(0, 4, (batch, 2, *patch), dtype=torch.int16)
     return {"data": torch.randn(batch, IMAGE_CHANNELS, *patch), "reference": labels[:, :1],
-            "candidate": labels[:, 1:], "quality": torch.rand(batch, 2)}
+            "candidate": labels[:, 1:], "quality": torch.rand(batch, 2 + 2 * len(BRATS_REGIONS))}
 
 
 def device_inputs(host: dict):

@@ -69,7 +69,7 @@ def make_batch(size: int, batch: int, generator: torch.Generator):
         for c, radius in enumerate((0.3, 0.2, 0.1)):
             x[b, 4 + c] = (distance < radius * size).float()
         x[b, :4] += 2 * x[b, 4]
-    quality = torch.rand((batch, 2), generator=generator)
+    quality = torch.rand((batch, 2 + 2 * 3), generator=generator)  # subject level, then per region
     sem_target = torch.rand((batch, 3, size, size, size), generator=generator) < 0.05
     sem_target &= x[:, 4:].bool() | (torch.rand(sem_target.shape, generator=generator) < 0.02)
     return x, quality, sem_target

@@ -57,7 +57,7 @@ def timing_trainer(device: torch.device, network_kwargs: dict, compiled: bool, f
     trainer = nnQCTrainer.__new__(nnQCTrainer)
     trainer.device, trainer.is_ddp, trainer.regions = device, False, BRATS_REGIONS
     trainer.initial_lr, trainer.weight_decay, trainer.lr_decay, trainer.min_lr = 2.1e-4, 1e-4, 0.9, 1e-6
-    trainer.grad_clip, trainer.sem_loss_weight = 12.0, 1.0
+    trainer.grad_clip, trainer.sem_loss_weight, trainer.region_loss_weight = 12.0, 1.0, 1.0
     trainer.cpu_bf16_autocast = trainer.cuda_mixed_precision = not fp32
     network = QCResUNet(input_channels=7, num_regions=len(BRATS_REGIONS), **network_kwargs).to(device).train()
     instance_norms_in_fp32(network)
@@ -88,7 +88,7 @@ def synthetic_batch(patch: tuple[int, ...], batch: int, pin: bool, seed: int) ->
     generator = torch.Generator().manual_seed(seed)
     labels = torch.randint(0, 4, (batch, 2, *patch), generator=generator, dtype=torch.int16)
     out = {"data": torch.randn((batch, 4, *patch), generator=generator), "reference": labels[:, :1],
-           "candidate": labels[:, 1:], "quality": torch.rand((batch, 2), generator=generator)}
+           "candidate": labels[:, 1:], "quality": torch.rand((batch, 2 + 2 * len(BRATS_REGIONS)), generator=generator)}
     return {k: v.pin_memory() for k, v in out.items()} if pin else out
 
 

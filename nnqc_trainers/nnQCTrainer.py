@@ -33,8 +33,9 @@ from nnqc.evaluation.qc_metrics import regression_summary
 from nnqc.metrics.regions import get_regions
 from nnqc.network_architecture.build import build_network
 from nnqc.network_architecture.inputs import network_input
+from nnqc.network_architecture.regression_outputs import regression_output_count, regression_outputs_in_weights
 from nnqc.preprocessing.plans_manager import nnQCPlansManager
-from nnqc.qc_data.targets_table import read_targets
+from nnqc.qc_data.targets_table import read_targets, target_value_columns
 from nnqc.sampling import balanced_subset
 from nnqc.training.cpu_bf16 import instance_norms_in_fp32
 from nnqc.training.data_loader import iterate_batches, nnQCDataLoader, nnQCValidationLoader
@@ -92,6 +93,8 @@ class nnQCTrainer(nnUNetTrainer):
         self.num_iterations_per_epoch: int | None = None  # None: one pass over the balanced training samples
         self.num_val_samples_per_epoch = 200
         self.sem_loss_weight = 1.0
+        # weight of the per-region MAEs (each averaged over the regions; see nnqc.training.loss.QCLoss)
+        self.region_loss_weight = 1.0
         self.ranking_loss = "none"  # or "pearson" / "margin" (nnqc.training.loss), weighted by ranking_loss_weight
         self.ranking_loss_weight = 0.0
         self.grad_clip = 12.0
@@ -117,12 +120,22 @@ class nnQCTrainer(nnUNetTrainer):
     def build_network_architecture(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
                                    num_input_channels: int, num_output_channels: int,
                                    enable_deep_supervision: bool = False) -> nn.Module:
-        """The plans' network (allow-listed: see nnqc.trusted_classes), or the one this trainer's code names."""
+        """The plans' network (allow-listed: see nnqc.trusted_classes), or the one this trainer's code names, with
+        per-region outputs (2 + 2C regression outputs) whatever plans made before them say."""
+        return cls.build_qc_network(plans_manager, configuration_manager)
+
+    @classmethod
+    def build_qc_network(cls, plans_manager: PlansManager, configuration_manager: ConfigurationManager,
+                         num_regression_outputs: int | None = None) -> nn.Module:
+        """The network with `num_regression_outputs` (default 2 + 2C; 2 rebuilds a model trained before per-region
+        outputs existed, see nnqc.network_architecture.regression_outputs)."""
+        kwargs = configuration_manager.network_arch_init_kwargs
+        if num_regression_outputs is None:
+            num_regression_outputs = regression_output_count(int(kwargs["num_regions"]))
         return build_network(import_object(cls.network_class_name) if cls.network_class_name
                              else configuration_manager.network_arch_class_name,
-                             configuration_manager.network_arch_init_kwargs,
-                             configuration_manager.network_arch_init_kwargs_req_import,
-                             **cls.network_kwargs_overrides)
+                             kwargs, configuration_manager.network_arch_init_kwargs_req_import,
+                             **{"num_regression_outputs": num_regression_outputs, **cls.network_kwargs_overrides})
 
     def initialize(self) -> None:
         """nnU-Net's, plus a validation loss without collective calls, and DDP on CPU ranks (gloo): nnU-Net
@@ -141,7 +154,7 @@ class nnQCTrainer(nnUNetTrainer):
             self.network = DistributedDataParallel(self.network)
             self.loss = self._build_loss()
         self.validation_loss = QCLoss(self.sem_loss_weight, ddp=False, ranking=self.ranking_loss,
-                                      ranking_weight=self.ranking_loss_weight)
+                                      ranking_weight=self.ranking_loss_weight, region_weight=self.region_loss_weight)
 
     def set_deep_supervision_enabled(self, enabled: bool) -> None:
         """QCResUNet has no deep supervision."""
@@ -154,7 +167,7 @@ class nnQCTrainer(nnUNetTrainer):
     def _build_loss(self) -> nn.Module:
         # training steps run in lockstep on all ranks, so the batch Dice may gather over them (nnU-Net's way)
         return QCLoss(self.sem_loss_weight, ddp=self.is_ddp, ranking=self.ranking_loss,
-                      ranking_weight=self.ranking_loss_weight)
+                      ranking_weight=self.ranking_loss_weight, region_weight=self.region_loss_weight)
 
     def configure_optimizers(self):
         optimizer = torch.optim.Adam(self.network.parameters(), self.initial_lr, weight_decay=self.weight_decay)
@@ -189,8 +202,17 @@ class nnQCTrainer(nnUNetTrainer):
         return autocast(precision.autocast_device, dtype=precision.autocast_dtype)
 
     # ---- data ---------------------------------------------------------------------------------------------------
+    def quality_columns(self) -> list[str]:
+        """The qc_targets.csv columns the regression learns: subject-level DSC and NSD, then per region."""
+        return target_value_columns(self.region_names)
+
     def _samples_of(self, subjects) -> pd.DataFrame:
-        targets = read_targets(join(self.preprocessed_dataset_folder_base, "qc_targets.csv"))
+        path = join(self.preprocessed_dataset_folder_base, "qc_targets.csv")
+        targets = read_targets(path)
+        missing = [c for c in self.quality_columns() if c not in targets.columns]
+        if missing:
+            raise RuntimeError(f"{path} lacks the per-region targets {missing}: rerun nnQC_convert and "
+                               f"nnQC_plan_and_preprocess")
         return targets[targets["subject"].isin(set(subjects))].reset_index(drop=True)
 
     def validation_samples(self) -> pd.DataFrame:
@@ -234,7 +256,8 @@ class nnQCTrainer(nnUNetTrainer):
         if self.local_rank == 0:
             self.record_training_coverage(tr_keys, training_samples)
         loader = nnQCDataLoader(self.dataset_class(self.preprocessed_dataset_folder, tr_keys), training_samples,
-                                self.preprocessed_dataset_folder, self.batch_size, patch_size, transforms)
+                                self.preprocessed_dataset_folder, self.batch_size, patch_size, transforms,
+                                quality_columns=self.quality_columns())
         if self.num_iterations_per_epoch is None:
             self.num_iterations_per_epoch = self.epoch_length(training_samples)
             self.print_to_log_file(
@@ -251,7 +274,8 @@ class nnQCTrainer(nnUNetTrainer):
         # equal on every rank: the shares are padded to one length
         self.num_val_iterations_per_epoch = math.ceil(len(val_samples) / batch_size)
         val_loader = nnQCValidationLoader(self.dataset_class(self.preprocessed_dataset_folder, val_keys), val_samples,
-                                          self.preprocessed_dataset_folder, batch_size, patch_size)
+                                          self.preprocessed_dataset_folder, batch_size, patch_size,
+                                          quality_columns=self.quality_columns())
         plan = self.loader_plan()
         if plan is None:
             return SingleThreadedAugmenter(loader, None), SingleThreadedAugmenter(val_loader, None)
@@ -288,7 +312,8 @@ class nnQCTrainer(nnUNetTrainer):
         return images
 
     def _inputs(self, batch: dict, train: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Network input, (B, 2) true DSC/NSD and (B, C) true SEMs of a batch, on the device."""
+        """Network input, (B, 2 + 2C) true DSC/NSD (subject level, then per region) and (B, C) true SEMs of a batch,
+        on the device."""
         images = batch["data"].to(self.device, non_blocking=True)
         reference = batch["reference"].to(self.device, non_blocking=True)
         candidate = batch["candidate"].to(self.device, non_blocking=True)
@@ -338,7 +363,7 @@ class nnQCTrainer(nnUNetTrainer):
         return {"loss": loss, "samples": list(batch["samples"]), "true": batch["quality"].numpy(),
                 PADDING_COLUMN: np.asarray(batch[PADDING_COLUMN], dtype=bool),
                 "predicted": (regression.clamp(0, 1).cpu().numpy() if regression is not None
-                              else np.full((n, 2), np.nan, dtype=np.float32)),
+                              else np.full((n, 2), np.nan, dtype=np.float32)),  # (n, 2 + 2C) or (n, 2)
                 "sem_dice": (sem_dice_per_sample(sem_logits, sem_target).cpu().numpy() if sem_logits is not None
                              else np.full((n, len(self.regions)), np.nan))}
 
@@ -401,6 +426,7 @@ class nnQCTrainer(nnUNetTrainer):
             self.initialize()
         checkpoint = (load_checkpoint(filename_or_checkpoint, self.device)
                       if isinstance(filename_or_checkpoint, str) else filename_or_checkpoint)
+        self._match_regression_outputs(checkpoint["network_weights"])
         network = self._unwrapped_network()
         network = getattr(network, "_orig_mod", network)  # a torch.compile'd network holds the module inside
         own_keys = network.state_dict().keys()
@@ -417,6 +443,22 @@ class nnQCTrainer(nnUNetTrainer):
             self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
         self._best_score = self._best_ema
 
+    def _match_regression_outputs(self, weights: dict) -> None:
+        """A checkpoint trained before per-region outputs (2 regression outputs) gets a network with that head,
+        and a fresh optimizer for it, so that it validates and predicts as it did (without per-region values)."""
+        saved = regression_outputs_in_weights(weights)
+        network = self._unwrapped_network()
+        if saved is None or saved == getattr(network, "num_regression_outputs", saved):
+            return
+        if network is not self.network or hasattr(network, "_orig_mod"):
+            raise RuntimeError(f"the checkpoint has {saved} regression outputs, the network "
+                               f"{network.num_regression_outputs}; load it without DDP or torch.compile")
+        self.print_to_log_file(f"the checkpoint has {saved} regression outputs (a model trained before per-region "
+                               f"outputs): it has no per-region DSC/NSD")
+        self.network = self.build_qc_network(self.plans_manager, self.configuration_manager, saved).to(self.device)
+        instance_norms_in_fp32(self.network)
+        self.optimizer, self.lr_scheduler = self.configure_optimizers()
+
     # ---- final validation ---------------------------------------------------------------------------------------
     def predict_samples(self, samples: pd.DataFrame) -> pd.DataFrame:
         """Predictions of the current network for `samples` (validation subjects), split over the ranks; every
@@ -429,7 +471,8 @@ class nnQCTrainer(nnUNetTrainer):
         dataset = self.dataset_class(self.preprocessed_dataset_folder, val_keys)
         outputs = [self.validation_step(batch) for batch in
                    iterate_batches(dataset, self._this_rank(samples), self.preprocessed_dataset_folder,
-                                   self._validation_batch_size(), self.configuration_manager.patch_size)]
+                                   self._validation_batch_size(), self.configuration_manager.patch_size,
+                                   self.quality_columns())]
         out = self._gather(outputs)
         if self.local_rank != 0:
             return None

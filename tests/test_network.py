@@ -71,7 +71,7 @@ def test_output_shapes(cls, strides, kernels, stem, shape):
     if cls is QCResUNetNoRegression:
         assert regression is None
     else:
-        assert regression.shape == (2, 2)
+        assert regression.shape == (2, 2 + 2 * 2)  # subject-level DSC and NSD, then both per region
     if cls in (ResNet34Regressor, ResNet50Regressor, UNetRegressor):
         assert sem is None
     else:

@@ -208,7 +208,7 @@ def test_plans_build_a_qcresunet_that_takes_the_fixed_shape(brain):
     input_shape = brain["plans"]["nnqc"]["input_shape"]
     with torch.no_grad():
         regression, sems = network(torch.zeros(1, 5, *input_shape))
-    assert regression.shape == (1, 2) and sems.shape == (1, 3, *input_shape)
+    assert regression.shape == (1, 2 + 2 * 3) and sems.shape == (1, 3, *input_shape)
 
 
 def test_full_size_brats_phantoms_are_planned_160x192x160(nnunet_folders):

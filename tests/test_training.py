@@ -152,7 +152,9 @@ def test_training_subjects_and_batches(pipeline_env):
         rows = samples.set_index("sample").loc[batch["samples"]]
         bins = dsc_bins(rows["dsc"].to_numpy())
         assert len(set(bins)) == len(bins)  # one sample per bin in each batch
-        assert np.allclose(batch["quality"].numpy(), rows[["dsc", "nsd"]].to_numpy())
+        # subject-level DSC and NSD, then every region's DSC and NSD
+        assert np.allclose(batch["quality"].numpy(), rows[trainer.quality_columns()].to_numpy())
+        assert batch["quality"].shape == (4, 2 + 2 * len(trainer.region_names))
         bins_seen += list(bins)
     assert len(set(bins_seen)) > 4
 

@@ -21,7 +21,8 @@ def _trainer_and_batch(tmp_path, monkeypatch):
     samples = trainer.balanced_validation_samples().iloc[:2]
     _, val_keys = trainer.do_split()
     batch = next(iterate_batches(trainer.dataset_class(trainer.preprocessed_dataset_folder, val_keys), samples,
-                                 trainer.preprocessed_dataset_folder, 2, trainer.configuration_manager.patch_size))
+                                 trainer.preprocessed_dataset_folder, 2, trainer.configuration_manager.patch_size,
+                                 trainer.quality_columns()))
     return trainer, batch
 
 

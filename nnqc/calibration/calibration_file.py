@@ -44,7 +44,8 @@ CALIBRATION_FILE = "calibration.json"
 OUT_OF_FOLD_PREDICTIONS = "validation/qc_predictions_all.csv"
 REQUIRED_COLUMNS = ("sample", "subject", "dsc", "nsd", "predicted_dsc", "predicted_nsd")
 METRICS = ("dsc", "nsd")
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 2: per-region calibration ("regions"); version 1 files (without it) are still read
+READABLE_VERSIONS = (1, 2)
 HIGH_QUALITY_DSC = 0.85
 _SCORE_DECIMALS = 6
 
@@ -95,7 +96,9 @@ def read_out_of_fold_predictions(path: str) -> pd.DataFrame:
         raise CorruptCalibrationData(f"{path}: missing column(s) {', '.join(missing)}")
     if table.empty:
         raise CorruptCalibrationData(f"{path}: holds no samples")
-    for column in ("dsc", "nsd", "predicted_dsc", "predicted_nsd"):
+    region_columns = [c for c in table.columns if c.startswith(("dsc_", "nsd_", "predicted_dsc_", "predicted_nsd_"))
+                      and not c.startswith("dsc_sem_")]
+    for column in ("dsc", "nsd", "predicted_dsc", "predicted_nsd", *region_columns):
         values = pd.to_numeric(table[column], errors="coerce").to_numpy(dtype=np.float64)
         bad = ~np.isfinite(values) | (values < 0) | (values > 1)
         if bad.any():
@@ -127,13 +130,50 @@ def build_calibration(model_folder: str, folds: Sequence[int] | None = None,
     sources = [_source_record(model_folder, f) for f in folds]
     table = pd.concat([read_out_of_fold_predictions(join(model_folder, s["file"])).assign(fold=f)
                        for f, s in zip(folds, sources)], ignore_index=True)
-    predicted_dsc = table["predicted_dsc"].to_numpy()
+    return {"format_version": FORMAT_VERSION, "built_from": {"folds": folds, "sources": sources},
+            **calibration_from_table(table, min_samples_per_bin),
+            "samples_per_fold": {str(f): int((table["fold"] == f).sum()) for f in folds}}
+
+
+def calibration_from_table(table: pd.DataFrame, min_samples_per_bin: int = MIN_SAMPLES_PER_BIN) -> dict:
+    """The calibration of pooled out-of-fold predictions (columns as in qc_predictions_all.csv): sample counts,
+    subject-level recalibration maps, conformal scores and summary, and the same per calibrated region."""
+    groups = subject_groups(table["subject"].astype(str).to_numpy())
+    recalibration, conformal, summary = _calibration_block(table, "", groups, min_samples_per_bin)
+    regions = {name: dict(zip(("recalibration", "conformal", "out_of_fold_summary"),
+                              _calibration_block(table, f"_{name}", groups, min_samples_per_bin)))
+               for name in calibrated_regions(table)}
+    return {
+        "num_samples": len(table), "num_subjects": int(table["subject"].nunique()),
+        "recalibration": recalibration,
+        "conformal": conformal,
+        "out_of_fold_summary": summary,
+        # per region, from the same out-of-fold predictions and subject groups, Mondrian per bin of the region's
+        # own predicted DSC (empty for a model without per-region outputs)
+        "regions": regions,
+    }
+
+
+def calibrated_regions(table: pd.DataFrame) -> list[str]:
+    """The regions whose true and predicted DSC and NSD are in every row of the out-of-fold predictions (a model
+    trained before per-region outputs has none), in the order of their columns."""
+    names = [c[len("predicted_dsc_"):] for c in table.columns if c.startswith("predicted_dsc_")]
+    return [n for n in names if all(c in table and table[c].notna().all()
+                                    for c in (f"dsc_{n}", f"nsd_{n}", f"predicted_dsc_{n}", f"predicted_nsd_{n}"))]
+
+
+def _calibration_block(table: pd.DataFrame, suffix: str, groups: np.ndarray, min_samples_per_bin: int
+                       ) -> tuple[dict, dict, dict]:
+    """(recalibration maps, conformal bins and scores, out-of-fold summary) of DSC and NSD in the columns
+    dsc<suffix>, nsd<suffix>, predicted_dsc<suffix>, predicted_nsd<suffix>: suffix "" for the subject level,
+    "_<region>" for a region; Mondrian bins of predicted_dsc<suffix>."""
+    predicted_dsc = table[f"predicted_dsc{suffix}"].to_numpy()
     bins = choose_bins(predicted_dsc, min_samples_per_bin)
     which = bins.assign(predicted_dsc)
-    true_dsc = table["dsc"].to_numpy()
-    recalibration, bin_entries, summary = {}, [], {}
+    true_dsc = table[f"dsc{suffix}"].to_numpy()
+    recalibration, bin_entries, summary, scores = {}, [], {}, {}
     for metric in METRICS:
-        true, raw = table[metric].to_numpy(), table[f"predicted_{metric}"].to_numpy()
+        true, raw = table[f"{metric}{suffix}"].to_numpy(), table[f"predicted_{metric}{suffix}"].to_numpy()
         mapping = IsotonicMap.fit(raw, true)
         recalibration[metric] = mapping.to_dict()
         # in-sample: the map was fitted on these very samples, so the recalibrated figures are optimistic
@@ -142,10 +182,6 @@ def build_calibration(model_folder: str, folds: Sequence[int] | None = None,
                            "mean_error_true_dsc_above_0_85_raw": _mean_error_above(true_dsc, raw, true),
                            "mean_error_true_dsc_above_0_85_recalibrated_in_sample":
                                _mean_error_above(true_dsc, mapping(raw), true)}
-    groups = subject_groups(table["subject"].astype(str).to_numpy())
-    scores = {}
-    for metric in METRICS:
-        true, raw = table[metric].to_numpy(), table[f"predicted_{metric}"].to_numpy()
         scores[f"scores_{metric}"] = np.abs(true - cross_fitted(raw, true, groups))
         scores[f"raw_scores_{metric}"] = np.abs(true - raw)
     for b, (low, high) in enumerate(bins.ranges()):
@@ -154,24 +190,17 @@ def build_calibration(model_folder: str, folds: Sequence[int] | None = None,
                  "num_samples": int(members.sum()), "num_subjects": int(table["subject"][members].nunique())}
         entry.update({key: _rounded_up(values[members]) for key, values in scores.items()})
         bin_entries.append(entry)
-    return {
-        "format_version": FORMAT_VERSION,
-        "built_from": {"folds": folds, "sources": sources},
-        "num_samples": len(table), "num_subjects": int(table["subject"].nunique()),
-        "samples_per_fold": {str(f): int((table["fold"] == f).sum()) for f in folds},
-        "recalibration": recalibration,
-        "conformal": {
-            "method": "cross-conformal on absolute residuals of the out-of-fold predictions (scores_*: after "
-                      "recalibration by a map fitted without the sample's subject group, raw_scores_*: without "
-                      "recalibration), Mondrian per bin of the network's predicted DSC",
-            "cross_fit_groups": int(len(np.unique(groups))),
-            "bin_variable": "predicted_dsc",
-            "min_samples_per_bin": int(min_samples_per_bin),
-            "bin_edges": list(bins.edges),
-            "bins": bin_entries,
-        },
-        "out_of_fold_summary": summary,
+    conformal = {
+        "method": "cross-conformal on absolute residuals of the out-of-fold predictions (scores_*: after "
+                  "recalibration by a map fitted without the sample's subject group, raw_scores_*: without "
+                  "recalibration), Mondrian per bin of the network's predicted DSC",
+        "cross_fit_groups": int(len(np.unique(groups))),
+        "bin_variable": f"predicted_dsc{suffix}",
+        "min_samples_per_bin": int(min_samples_per_bin),
+        "bin_edges": list(bins.edges),
+        "bins": bin_entries,
     }
+    return recalibration, conformal, summary
 
 
 def _is_current(calibration: dict, model_folder: str, folds: list[int]) -> bool:
@@ -197,9 +226,9 @@ def read_calibration_file(path: str) -> dict:
         raise CorruptCalibrationData(f"{path}: cannot read it as JSON ({type(e).__name__}: {reason})") from e
     if not isinstance(calibration, dict):
         raise CorruptCalibrationData(f"{path}: not a calibration (a JSON {type(calibration).__name__})")
-    if calibration.get("format_version") != FORMAT_VERSION:
+    if calibration.get("format_version") not in READABLE_VERSIONS:
         raise CorruptCalibrationData(f"{path}: format_version {calibration.get('format_version')!r}, this nnQC "
-                                     f"reads {FORMAT_VERSION}")
+                                     f"reads {' and '.join(map(str, READABLE_VERSIONS))}")
     try:
         folds = calibration["built_from"]["folds"]
         if not isinstance(folds, list) or not all(isinstance(f, int) for f in folds):
@@ -243,10 +272,15 @@ def load_or_build_calibration(model_folder: str, folds: Sequence[int] | None = N
 
 
 class Calibration:
-    """The decisions' side of calibration.json: recalibrated points and conformal intervals for new cases."""
+    """The decisions' side of calibration.json: recalibrated points and conformal intervals for new cases.
+
+    `regions` holds one Calibration per calibrated region (its DSC and NSD, binned by its own predicted DSC); empty
+    for a calibration of a model without per-region outputs, or one written before them (format_version 1)."""
 
     def __init__(self, calibration: dict, recalibrate: bool = True):
         self.data, self.recalibrate = calibration, recalibrate
+        self.regions = {name: Calibration({**block, "built_from": calibration["built_from"]}, recalibrate)
+                        for name, block in calibration.get("regions", {}).items()}
         conformal = calibration["conformal"]
         self.bins = MondrianBins(tuple(conformal["bin_edges"]))
         self.maps = {m: IsotonicMap.from_dict(calibration["recalibration"][m]) if recalibrate else identity_map()

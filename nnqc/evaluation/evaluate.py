@@ -26,6 +26,7 @@ from nnqc.evaluation.figures import format_figures
 from nnqc.evaluation.plots import scatter_png
 from nnqc.evaluation.prediction_output import read_prediction_output
 from nnqc.evaluation.qc_metrics import regression_summary, sem_dice_summary
+from nnqc.evaluation.region_evaluation import region_case_values, region_evaluation_columns, region_figures
 from nnqc.evaluation.report import write_report
 from nnqc.geometry import image_mismatch
 from nnqc.inference.input_fingerprints import changed_since_prediction
@@ -73,7 +74,7 @@ def evaluate_case(case: str, reference_file: str, segmentation_file: str, error_
 
     labels: the values dataset.json allows in the reference and the segmentation (e.g. a BraTS reference still
     using label 4 is refused rather than scored). Returns {"case", "true_dsc", "true_nsd", "dsc_sem": (C,)
-    float64, NaN without a map}.
+    float64, NaN without a map, "dsc_per_region", "nsd_per_region": (C,) float64}.
     """
     reference_image, reference = _read_label_image(reference_file, case, "reference", labels)
     segmentation_image, segmentation = _read_label_image(segmentation_file, case, "assessed segmentation", labels)
@@ -96,7 +97,8 @@ def evaluate_case(case: str, reference_file: str, segmentation_file: str, error_
             raise ValueError(f"case {case}: {error_map_file} is not an nnQC error map: {e}") from e
         true = segmentation_error_maps(reference, segmentation, regions)
         dsc_sem = np.array([binary_dice(p, t) for p, t in zip(predicted, true)], dtype=np.float64)
-    return {"case": case, "true_dsc": targets["dsc"], "true_nsd": targets["nsd"], "dsc_sem": dsc_sem}
+    return {"case": case, "true_dsc": targets["dsc"], "true_nsd": targets["nsd"], "dsc_sem": dsc_sem,
+            "dsc_per_region": targets["dsc_per_region"], "nsd_per_region": targets["nsd_per_region"]}
 
 
 def _evaluate_or_reason(*job) -> dict:
@@ -249,9 +251,11 @@ def evaluate_predictions(output_folder: str, reference_folder: str, dataset_json
                      "true_nsd": r["true_nsd"], "predicted_nsd": float(p["predicted_nsd"]),
                      "abs_error_nsd": abs(r["true_nsd"] - float(p["predicted_nsd"])),
                      "flagged": bool(p["flagged"]), **{c: p[c] for c in calibrated_columns},
-                     **{f"dsc_sem_{name}": float(v) for name, v in zip(region_names, r["dsc_sem"])}})
+                     **{f"dsc_sem_{name}": float(v) for name, v in zip(region_names, r["dsc_sem"])},
+                     **region_case_values(r, p, region_names)})
     columns = ["case", "true_dsc", "predicted_dsc", "abs_error_dsc", "true_nsd", "predicted_nsd", "abs_error_nsd",
-               "flagged", *calibrated_columns, *[f"dsc_sem_{name}" for name in region_names], "in_summary"]
+               "flagged", *calibrated_columns, *[f"dsc_sem_{name}" for name in region_names],
+               *region_evaluation_columns(region_names, list(table.columns)), "in_summary"]
     evaluation = pd.DataFrame(rows, columns=columns)
     evaluation["in_summary"] = True
     if balanced and len(evaluation):
@@ -272,6 +276,8 @@ def evaluate_predictions(output_folder: str, reference_folder: str, dataset_json
     sem_columns = [f"dsc_sem_{name}" for name in region_names]
     with_maps = included[_finite(*[included[c] for c in sem_columns])] if len(included) else included
     result["dsc_sem"] = sem_dice_summary(with_maps[sem_columns].to_numpy(dtype=np.float64), region_names)
+    # per region, beside the subject level: r, MAE, failure detection, interval coverage
+    result["regions"] = region_figures(included, region_names, flag_below)
     detection, calibration, note = calibration_figures(included, settings)
     result.update(failure_detection=detection, calibration=calibration, calibration_note=note)
     risk_coverage = os.path.join(output_folder, RISK_COVERAGE_PNG)

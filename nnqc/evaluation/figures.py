@@ -11,6 +11,7 @@ import html
 import math
 
 from nnqc.evaluation.ensemble_evaluation import ensemble_lines
+from nnqc.evaluation.region_evaluation import region_lines
 
 MISSING = "n/a"
 
@@ -118,6 +119,8 @@ def format_figures(result: dict) -> str:
     lines.append(f"DSC_SEM  mean {format_number(figures['dsc_sem_mean'])}" + (f" ({regions})" if regions else ""))
     lines += calibration_lines(result)
     lines += ensemble_lines(result)
+    if "regions" in result:
+        lines += region_lines(result)
     if result["not_evaluated"]:
         lines.append(f"not evaluated: {len(result['not_evaluated'])} case(s): "
                      + "; ".join(f"{c['case']} ({c['reason']})" for c in result["not_evaluated"][:5])

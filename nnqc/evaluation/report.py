@@ -25,6 +25,7 @@ from nnqc.evaluation.figures import (
 )
 from nnqc.evaluation.prediction_output import is_true, read_evaluation_output, read_prediction_output, worst_first
 from nnqc.evaluation.previews import case_preview
+from nnqc.evaluation.slice_strip import worst_slices_by_case, worst_slices_strip
 from nnqc.output_files import REPORT_HTML, RISK_COVERAGE_PNG, SCATTER_PNGS
 
 DEFAULT_MAX_PREVIEWS = 100
@@ -85,6 +86,31 @@ def _partial_note(row) -> str:
     return (f"<div class='note'>Partial view: {share or '?'} % of the segmentation's foreground lay outside what "
             f"the network saw; DSC and NSD are predicted from the visible part, the error map is empty outside "
             f"it.</div>")
+
+
+def _worst_region_line(row) -> str:
+    """'Worst region: ET, DSC 0.42, FAIL': the region to look at first (empty without per-region outputs)."""
+    name = row.get("worst_region")
+    if not isinstance(name, str) or not name:
+        return ""
+    decision = row.get("worst_region_decision")
+    badge = (f' <span class="badge {decision}">{decision.upper()}</span>'
+             if isinstance(decision, str) and decision in DECISIONS else "")
+    return (f"<div>Worst region: <b>{html.escape(name)}</b>, DSC "
+            f"{format_number(row.get('worst_region_dsc'), missing='n/a')}{badge}</div>")
+
+
+def _strip(case: str, settings: dict, output_folder: str, worst: dict | None) -> str:
+    """The card's strip of the worst slices per region (empty when there are none or no picture can be made)."""
+    if not worst:
+        return ""
+    try:
+        png = worst_slices_strip(case, settings, output_folder, worst)
+    except (OSError, RuntimeError, ValueError, KeyError) as error:
+        return f"<p class='note'>No strip of the worst slices: {html.escape(str(error))}</p>"
+    if png is None:
+        return ""
+    return f'<img alt="slices of {html.escape(case)} with the most predicted error per region" src="{_data_uri(png)}">'
 
 
 def _has_decisions(settings: dict, table: pd.DataFrame) -> bool:
@@ -178,6 +204,7 @@ def write_report(output_folder: str, max_previews: int | None = DEFAULT_MAX_PREV
     n_partial = int(sum(_partial_view(row) for _, row in assessed.iterrows()))
     decisions = _has_decisions(settings, assessed)
     counts = decision_counts(assessed["decision"].tolist()) if decisions else {}
+    worst_slices = worst_slices_by_case(output_folder)
     e = html.escape
 
     parts = ["<!DOCTYPE html>", '<html lang="en"><head><meta charset="utf-8">',
@@ -221,7 +248,11 @@ def write_report(output_folder: str, max_previews: int | None = DEFAULT_MAX_PREV
                 "cases by nnQC_evaluate); the decision then follows its interval. " if "fused_dsc" in table else "")
              + "The pictures show, "
              "per case, the axial slice with the most predicted error: the first image channel in grey, the "
-             "segmentation's outline per region, and the predicted error in translucent red.</p>",
+             "segmentation's outline per region, and the predicted error in translucent red. Where the model "
+             "predicts every region's quality, a card names the <b>worst region</b> (the most severe region "
+             "decision, then the lowest DSC; every region's values are in qc_summary.csv) and a strip shows, per "
+             "region, the slices with the most predicted error along the axis of lowest resolution: look there "
+             "first.</p>",
              "<h2>Cases, worst first</h2>"]
     if len(assessed):
         has_truth = evaluation is not None
@@ -263,12 +294,13 @@ def write_report(output_folder: str, max_previews: int | None = DEFAULT_MAX_PREV
                          f"{_flag_badge(row['flagged'])}{_partial_badge(row)}{_decision_badge(row)}</h3>"
                          f"<div>DSC {format_with_sd(row['predicted_dsc'], row.get('predicted_dsc_sd'))}, "
                          f"NSD {format_with_sd(row['predicted_nsd'], row.get('predicted_nsd_sd'))}</div>"
-                         f"{_partial_note(row)}")
+                         f"{_worst_region_line(row)}{_partial_note(row)}")
             if max_previews is None or rank < max_previews:
                 try:
                     png = preview(row["case"], settings, output_folder)
                     parts.append(f'<img alt="axial slice of {e(row["case"])} with the predicted errors" '
                                  f'src="{_data_uri(png)}">')
+                    parts.append(_strip(row["case"], settings, output_folder, worst_slices.get(row["case"])))
                 except (OSError, RuntimeError, ValueError, KeyError) as error:
                     parts.append(f"<p class='note'>No picture: {e(str(error))}</p>")
             else:

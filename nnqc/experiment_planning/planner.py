@@ -19,6 +19,7 @@ from nnunetv2.utilities.json_export import recursive_fix_for_json_export
 from nnqc import paths
 from nnqc.atomic_files import copy_atomically, write_json_atomically
 from nnqc.metrics.regions import get_regions, nsd_tolerance_mm
+from nnqc.network_architecture.regression_outputs import regression_output_count
 from nnqc.preprocessing.qc_dataset import QCDatasetError
 from nnqc.preprocessing.readers import reader_writer_from_dataset_json
 
@@ -82,7 +83,8 @@ class nnQCPlanner(ExperimentPlanner):
             "arch_kwargs": {
                 "input_channels": num_image_channels + num_regions,
                 "num_regions": num_regions,
-                "num_regression_outputs": 2,
+                # subject-level DSC and NSD, then each region's (nnqc.network_architecture.regression_outputs)
+                "num_regression_outputs": regression_output_count(num_regions),
                 "strides": topology["strides"],
                 "kernel_sizes": topology["kernel_sizes"],
                 "stem_kernel_size": topology["stem_kernel_size"],

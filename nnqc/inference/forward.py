@@ -15,6 +15,7 @@ import torch
 from acvl_utils.cropping_and_padding.bounding_boxes import bounding_box_to_slice
 
 from nnqc.network_architecture.inputs import network_input
+from nnqc.network_architecture.regression_outputs import has_per_region_outputs
 from nnqc.preprocessing.cropping import (
     Window,
     crop_or_pad_to_window,
@@ -111,7 +112,8 @@ def predict_folds(network: torch.nn.Module, fold_weights: Sequence[dict], data: 
     if votes is not None:  # strict majority: a tie between an even number of folds is not an error
         sem = undo_crop_or_pad_to_window((votes * 2 > len(fold_weights)).cpu().numpy(), data.shape[1:], window)
     regression = np.array(regression) if regression else np.full((1, 2), np.nan)
-    return {"dsc_per_fold": regression[:, 0], "nsd_per_fold": regression[:, 1], "sem": sem}
+    return {"dsc_per_fold": regression[:, 0], "nsd_per_fold": regression[:, 1], "sem": sem,
+            "regression_per_fold": regression}
 
 
 def ensemble_quality(result: dict) -> dict:
@@ -119,6 +121,15 @@ def ensemble_quality(result: dict) -> dict:
     dsc, nsd = result["dsc_per_fold"], result["nsd_per_fold"]
     return {"dsc": float(np.mean(dsc)), "dsc_sd": float(np.std(dsc)), "nsd": float(np.mean(nsd)),
             "nsd_sd": float(np.std(nsd))}
+
+
+def region_ensemble(result: dict, num_regions: int) -> tuple[list[float], list[float]] | None:
+    """Mean over the folds of each region's predicted DSC and NSD; None for a model without per-region outputs."""
+    regression = result.get("regression_per_fold")
+    if regression is None or not has_per_region_outputs(regression.shape[1], num_regions):
+        return None
+    means = np.mean(regression[:, 2:], axis=0)
+    return [float(v) for v in means[:num_regions]], [float(v) for v in means[num_regions:]]
 
 
 def restore_to_input_geometry(label_map: np.ndarray, properties: dict, plans_manager,

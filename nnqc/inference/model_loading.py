@@ -25,6 +25,7 @@ from nnqc.checkpoint_files import UnsafeCheckpointError, load_checkpoint
 from nnqc.cpu_features import cpu_has_native_bf16
 from nnqc.error_messages import one_line
 from nnqc.model_sharing.model_metadata import METADATA_FILE
+from nnqc.network_architecture.regression_outputs import regression_outputs_in_weights
 from nnqc.trainer_lookup import get_trainer_class
 from nnqc.trusted_classes import UntrustedClassError
 
@@ -69,6 +70,8 @@ class FoldCheckpoints:
     configuration_name: str
     weights: list[dict]
     mirror_axes: tuple[int, ...] = ()  # the axes the trainer mirrored in augmentation (test-time mirroring)
+    # of the regression head: 2 + 2C, or 2 for a model trained before per-region outputs (None: no head)
+    num_regression_outputs: int | None = None
 
 
 def load_fold_checkpoints(model_folder: str, folds: list, checkpoint_name: str) -> FoldCheckpoints:
@@ -86,7 +89,12 @@ def load_fold_checkpoints(model_folder: str, folds: list, checkpoint_name: str) 
         trainer_class = get_trainer_class(trainer_name, source=path)
         weights.append(checkpoint["network_weights"])
         mirror_axes = _mirror_axes(checkpoint.get("inference_allowed_mirroring_axes"), path)
-    return FoldCheckpoints(trainer_class, trainer_name, configuration_name, weights, mirror_axes)
+    outputs = {regression_outputs_in_weights(w) for w in weights}
+    if len(outputs) > 1:
+        raise ValueError(f"the folds {list(folds)} of {model_folder} differ in their regression outputs "
+                         f"({sorted(outputs, key=str)}: some were trained before per-region outputs); predict with "
+                         f"folds of one kind (-f)")
+    return FoldCheckpoints(trainer_class, trainer_name, configuration_name, weights, mirror_axes, outputs.pop())
 
 
 def _mirror_axes(value, path: str) -> tuple[int, ...]:
@@ -100,12 +108,13 @@ def _mirror_axes(value, path: str) -> tuple[int, ...]:
 
 
 def build_network(trainer_class: type, plans_manager, configuration_manager, model_folder: str,
-                  device: torch.device) -> torch.nn.Module:
-    """The trainer's network for the plans, on the device in eval mode; a class the plans name outside the
-    allow-list stops loading with the model folder's plans.json named."""
+                  device: torch.device, num_regression_outputs: int | None = None) -> torch.nn.Module:
+    """The trainer's network for the plans with the checkpoints' regression head (num_regression_outputs, see
+    FoldCheckpoints), on the device in eval mode; a class the plans name outside the allow-list stops loading with
+    the model folder's plans.json named."""
     try:
-        return trainer_class.build_network_architecture(
-            plans_manager, configuration_manager, 0, 0, False).to(device).eval()
+        return trainer_class.build_qc_network(plans_manager, configuration_manager,
+                                              num_regression_outputs).to(device).eval()
     except UntrustedClassError as e:  # its message starts with "plans.json:": say which one
         raise UntrustedClassError(join(model_folder, str(e))) from None
 

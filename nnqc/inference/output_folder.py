@@ -15,6 +15,7 @@ from batchgenerators.utilities.file_and_folder_operations import isfile, join, l
 
 from nnqc.atomic_files import write_text_atomically
 from nnqc.calibration.calibrated_quality import CALIBRATED_COLUMNS
+from nnqc.calibration.region_quality import summary_region_columns
 from nnqc.inference.case_failures import ERROR, errors_log_text, status_kind
 from nnqc.inference.ensemble_members import ENSEMBLE_COLUMNS
 from nnqc.inference.input_fingerprints import changed_inputs
@@ -136,7 +137,8 @@ def record_case_error(output_folder: str, case: str, error: Exception, file_endi
 
 def write_qc_summary(output_folder: str, region_names: list[str]) -> pd.DataFrame:
     """qc_summary.csv/.json from every case result in OUT, worst predicted DSC first, skipped cases last; the
-    tracebacks of failed cases in qc_errors.log (removed when none failed)."""
+    tracebacks of failed cases in qc_errors.log (removed when none failed). Per-region columns follow the
+    subject-level ones; each case's worst slices per region are in qc_summary.json only."""
     folder = join(output_folder, CASE_RESULTS_FOLDER)
     rows = []
     for name in sorted(os.listdir(folder)):
@@ -144,7 +146,8 @@ def write_qc_summary(output_folder: str, region_names: list[str]) -> pd.DataFram
             with open(join(folder, name)) as f:
                 rows.append(json.load(f))
     ensemble = [c for c in ENSEMBLE_COLUMNS if any(c in r for r in rows)]  # only where members were given
-    columns = [*SUMMARY_COLUMNS, *ensemble, *[f"sem_volume_ml_{n}" for n in region_names], "status"]
+    columns = [*SUMMARY_COLUMNS, *ensemble, *summary_region_columns(region_names),
+               *[f"sem_volume_ml_{n}" for n in region_names], "status"]
     table = pd.DataFrame(rows, columns=columns)
     table["_ok"] = table["status"] == "ok"
     table = table.sort_values(["_ok", "predicted_dsc", "case"], ascending=[False, True, True], kind="stable")
@@ -158,6 +161,9 @@ def write_qc_summary(output_folder: str, region_names: list[str]) -> pd.DataFram
     settings = load_json(join(output_folder, SETTINGS_JSON))
     settings.pop("dataset_json", None)
     cases = json.loads(table.to_json(orient="records"))
+    slices = {row["case"]: row.get("worst_slices") for row in rows}
+    for case in cases:
+        case["worst_slices"] = slices.get(case["case"])
     write_text_atomically(join(output_folder, SUMMARY_JSON),
                           json.dumps({"cases": cases, "settings": settings}, indent=2))
     return table

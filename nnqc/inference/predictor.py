@@ -24,6 +24,7 @@ from nnqc.calibration.calibration_file import Calibration
 from nnqc.calibration.conformal import DEFAULT_ALPHA, check_alpha
 from nnqc.calibration.fold_coverage import TRAINING_RANGE_FILE, ensemble_coverage
 from nnqc.calibration.fusion import Fusion
+from nnqc.calibration.region_quality import NO_PER_REGION_OUTPUTS, region_case_columns
 from nnqc.calibration.training_range import TrainingCoverage, case_statistics, out_of_training_range
 from nnqc.inference import forward
 from nnqc.inference.case_failures import CaseError, DeviceUnusableError, device_is_unusable, recover_after, unexpected
@@ -52,9 +53,11 @@ from nnqc.inference.output_folder import (
     write_qc_summary,
 )
 from nnqc.inference.preprocessing_workers import CasePreprocessing
+from nnqc.inference.worst_slices import DEFAULT_NUM_WORST_SLICES, worst_slices
 from nnqc.metrics.regions import allowed_labels, get_regions, nsd_tolerance_mm
 from nnqc.metrics.sem import decode_sem_bits, encode_sem_bits
 from nnqc.model_sharing.model_metadata import METADATA_FILE
+from nnqc.network_architecture.regression_outputs import has_per_region_outputs
 from nnqc.preprocessing.cropping import Window, foreground_window
 from nnqc.preprocessing.plans_manager import nnQCPlansManager
 from nnqc.preprocessing.preprocessor import nnQCPreprocessor
@@ -67,16 +70,23 @@ class nnQCPredictor:
     """Load a trained nnQC model folder, then predict from files (nnQC_predict) or from numpy arrays."""
 
     def __init__(self, device: torch.device = torch.device("cuda"), verbose: bool = False, allow_tqdm: bool = True,
-                 fp32: bool = False, use_mirroring: bool = False):
+                 fp32: bool = False, use_mirroring: bool = False,
+                 num_worst_slices: int = DEFAULT_NUM_WORST_SLICES):
         """fp32: full precision everywhere; otherwise the forward passes run under CUDA's autocast on a GPU and
         bf16 autocast on CPUs that compute bf16 natively (about twice as fast, outputs within 0.01).
         use_mirroring: test-time mirroring over the axes the model was trained to mirror (8 forward passes per
-        fold instead of 1)."""
+        fold instead of 1). num_worst_slices: per case and region, how many slices with the most predicted error
+        the summary lists (nnqc.inference.worst_slices)."""
         self.device, self.verbose, self.allow_tqdm = device, verbose, allow_tqdm
         self.use_mirroring = use_mirroring
         self.ensemble_members: list[str] = []
         self.fusion: Fusion | None = None
         self.fusion_file: str | None = None
+        if num_worst_slices < 1:
+            raise ValueError(f"num_worst_slices must be at least 1, got {num_worst_slices}")
+        self.num_worst_slices = num_worst_slices
+        # whether the loaded model predicts every region's DSC and NSD (models trained before it did not)
+        self.per_region_outputs = False
         self.mirror_axes: tuple[int, ...] = ()
         self.precision = forward_precision(device, fp32)
         self.network = self.fold_weights = self.plans_manager = self.configuration_manager = None
@@ -114,8 +124,9 @@ class nnQCPredictor:
         self.mirror_axes = checkpoints.mirror_axes if self.use_mirroring else ()
         self.trainer_name, self.configuration_name = checkpoints.trainer_name, checkpoints.configuration_name
         self.configuration_manager = self.plans_manager.get_configuration(self.configuration_name)
+        self.per_region_outputs = has_per_region_outputs(checkpoints.num_regression_outputs, len(self.regions))
         self.network = build_network(self.trainer_class, self.plans_manager, self.configuration_manager,
-                                     self.model_folder, self.device)
+                                     self.model_folder, self.device, checkpoints.num_regression_outputs)
         self.fingerprint = training_fingerprint(model_training_output_dir)
         self.training_coverage = ensemble_coverage(self.model_folder, self.folds)
         self.load_calibration(recalibrate)
@@ -200,31 +211,47 @@ class nnQCPredictor:
 
         Returns predicted dsc, dsc_sd, nsd, nsd_sd, sem: (C, *S) bool in the input's grid (None for networks
         without SEMs), what the network saw: foreground_outside_view (fraction of the segmentation's
-        foreground it did not see) and partial_view (it saw less than the whole case), and "calibrated": the
-        calibrated columns of the summary (see calibrated_row).
+        foreground it did not see) and partial_view (it saw less than the whole case), "calibrated": the
+        calibrated columns of the summary (see calibrated_row), "regions": the per-region columns (see
+        region_row) and "worst_slices" (None without SEMs; see nnqc.inference.worst_slices).
         """
         data, candidate, properties = self.preprocess_arrays(images, segmentation, properties)
         result = self.predict_preprocessed(data, candidate, properties["nnqc_window"])
-        sem = result["sem"]
+        sem, slices = result["sem"], None
         if sem is not None:
             bits = self.restore_to_input_geometry(encode_sem_bits(sem), properties)
             sem = decode_sem_bits(bits, len(self.regions))
+            slices = worst_slices(bits, self.region_names, properties["spacing"], self.num_worst_slices)
         ensemble = forward.ensemble_quality(result)
         return {**ensemble, "sem": sem, "partial_view": properties["partial_view"],
                 "foreground_outside_view": properties["foreground_outside_view"],
                 "calibrated": self.calibrated_row(ensemble["dsc"], ensemble["nsd"], properties, check_alpha(alpha),
-                                                  flag_below)}
+                                                  flag_below),
+                "regions": self.region_row(result, properties, check_alpha(alpha), flag_below),
+                "worst_slices": slices}
 
     def calibrated_row(self, predicted_dsc: float, predicted_nsd: float, properties: dict,
                        alpha: float = DEFAULT_ALPHA, flag_below: float = DEFAULT_FLAG_BELOW) -> dict:
         """CALIBRATED_COLUMNS of one case (JSON-ready): recalibrated DSC/NSD, intervals at coverage 1 - alpha,
         the training-range check and the decision (see calibrated_case_row; the range check runs without a
         calibration too)."""
-        check = out_of_training_range(properties["nnqc_case_statistics"], self.plans_manager.plans,
-                                      self.fingerprint, self.training_coverage, self.configuration_name,
-                                      list(self.dataset_json["channel_names"].values()))
-        return calibrated_case_row(self.calibration, predicted_dsc, predicted_nsd, check, properties["partial_view"],
-                                   alpha, flag_below)
+        return calibrated_case_row(self.calibration, predicted_dsc, predicted_nsd, self.range_check(properties),
+                                   properties["partial_view"], alpha, flag_below)
+
+    def range_check(self, properties: dict):
+        """The case's training-range check (see nnqc.calibration.training_range)."""
+        return out_of_training_range(properties["nnqc_case_statistics"], self.plans_manager.plans,
+                                     self.fingerprint, self.training_coverage, self.configuration_name,
+                                     list(self.dataset_json["channel_names"].values()))
+
+    def region_row(self, result: dict, properties: dict, alpha: float = DEFAULT_ALPHA,
+                   flag_below: float = DEFAULT_FLAG_BELOW) -> dict:
+        """The per-region columns of one case (JSON-ready): each region's predicted, calibrated DSC and NSD, its
+        intervals and decision, and the worst region (see nnqc.calibration.region_quality); empty for a model
+        without per-region outputs."""
+        regions = forward.region_ensemble(result, len(self.regions))
+        return region_case_columns(self.calibration, self.region_names, *(regions or (None, None)),
+                                   self.range_check(properties), properties["partial_view"], alpha, flag_below)
 
     # ---- a folder of cases --------------------------------------------------------------------------------------
     def predict_from_files(self, images_folder: str, segmentations_folder: str, output_folder: str,
@@ -272,6 +299,8 @@ class nnQCPredictor:
                   f"{self.calibration_status['reason']}")
         for line in settings["calibration_warnings"]:
             print(f"WARNING: calibration: {line}")
+        if not self.per_region_outputs:
+            print(f"NOTE: {NO_PER_REGION_OUTPUTS}")
         prepare_output_folder(output_folder, settings, {c.case for c in cases} | set(problems), continue_prediction)
         for case in sorted(problems)[part_id::num_parts]:
             skip_case(output_folder, case, problems[case], file_ending)
@@ -346,9 +375,13 @@ class nnQCPredictor:
                 if self.fusion is not None:
                     reasons = [row["out_of_training_range"]] if row.get("out_of_training_range") else []
                     row.update(fused_columns(self.fusion, row, alpha, flag_below, reasons))
+            row.update(self.region_row(result, properties, alpha, flag_below))
+            row["worst_slices"] = None
             if result["sem"] is not None:
                 bits = self.restore_to_input_geometry(encode_sem_bits(result["sem"]), properties)
                 row.update(forward.sem_volumes_ml(bits, self.region_names, properties["spacing"]))
+                row["worst_slices"] = worst_slices(bits, self.region_names, properties["spacing"],
+                                                   self.num_worst_slices)
                 if save_maps:
                     rw = self.plans_manager.image_reader_writer_class()
                     replace_atomically(map_file(output_folder, case, file_ending),
@@ -373,6 +406,7 @@ class nnQCPredictor:
                 "flag_below": flag_below, "maps_written": save_maps, "num_parts": num_parts,
                 "precision": self.precision, "test_time_mirroring": list(self.mirror_axes),
                 "ensemble_members": self.ensemble_members, "fusion": self.fusion_file,
+                "per_region_outputs": self.per_region_outputs, "num_worst_slices": self.num_worst_slices,
                 "file_ending": self.dataset_json["file_ending"], "region_names": self.region_names,
                 "regions": [list(r) for r in self.regions],
                 "nsd_tolerance_mm": nsd_tolerance_mm(self.dataset_json),

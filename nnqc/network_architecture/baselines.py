@@ -1,7 +1,8 @@
 """The regression baselines and ablations the paper compares QCResUNet with (paper §3.3, §4.3, Table F.3).
 
 All take the same inputs and keyword arguments as QCResUNet and return `(regression, sem_logits)`, with
-`sem_logits` None for the regressors, so that trainers treat every network alike.
+`sem_logits` None for the regressors, so that trainers treat every network alike; the regressors predict the same
+2 + 2C values (subject level, then per region) as QCResUNet.
 """
 from __future__ import annotations
 
@@ -13,7 +14,13 @@ from torch import nn
 
 from nnqc.network_architecture.blocks import ConvNormNonlin, as_triple
 from nnqc.network_architecture.encoder import ResNetEncoder, check_strides
-from nnqc.network_architecture.qcresunet import DEFAULT_KERNEL_SIZES, DEFAULT_STRIDES, QCResUNet, RegressionHead
+from nnqc.network_architecture.qcresunet import (
+    DEFAULT_KERNEL_SIZES,
+    DEFAULT_STRIDES,
+    QCResUNet,
+    RegressionHead,
+    resolve_regression_outputs,
+)
 
 
 class ResNetRegressor(nn.Module):
@@ -22,7 +29,7 @@ class ResNetRegressor(nn.Module):
     blocks_per_stage (2, 2, 2, 2) is the paper's "ResNet-34" (8.36 M), (3, 4, 6, 3) its "ResNet-50" (15.94 M).
     """
 
-    def __init__(self, input_channels: int, num_regions: int, num_regression_outputs: int = 2,
+    def __init__(self, input_channels: int, num_regions: int, num_regression_outputs: int | None = None,
                  strides: Sequence[Sequence[int]] = DEFAULT_STRIDES,
                  kernel_sizes: Sequence[Sequence[int]] = DEFAULT_KERNEL_SIZES,
                  stem_kernel_size: Sequence[int] = (7, 7, 7),
@@ -37,7 +44,8 @@ class ResNetRegressor(nn.Module):
                                      blocks_per_stage, dropout_p, norm_op,
                                      {"eps": 1e-5, "affine": True} if norm_op_kwargs is None else norm_op_kwargs,
                                      nonlin, {"inplace": True} if nonlin_kwargs is None else nonlin_kwargs)
-        self.regression = RegressionHead(features_per_stage[-1], num_regression_outputs)
+        self.num_regression_outputs = resolve_regression_outputs(num_regression_outputs, num_regions)
+        self.regression = RegressionHead(features_per_stage[-1], self.num_regression_outputs)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
         return self.regression(self.encoder(x)[-1]), None
@@ -73,7 +81,7 @@ class UNetRegressor(nn.Module):
     conv-IN-LeakyReLU blocks per level, strided-conv downsampling, transposed-conv upsampling), then global
     average pooling of its full-resolution output features and an FC layer (16.60 M parameters)."""
 
-    def __init__(self, input_channels: int, num_regions: int, num_regression_outputs: int = 2,
+    def __init__(self, input_channels: int, num_regions: int, num_regression_outputs: int | None = None,
                  strides: Sequence[Sequence[int]] = DEFAULT_STRIDES,
                  unet_features: Sequence[int] = (16, 32, 64, 128, 256, 320),
                  norm_op: type[nn.Module] = nn.InstanceNorm3d, norm_op_kwargs: dict | None = None,
@@ -104,7 +112,8 @@ class UNetRegressor(nn.Module):
             self.upsamplers.append(nn.ConvTranspose3d(unet_features[level + 1], width, up, up))
             self.decoder.append(nn.Sequential(block(2 * width, width, kernels[level]),
                                               block(width, width, kernels[level])))
-        self.regression = RegressionHead(unet_features[0], num_regression_outputs)
+        self.num_regression_outputs = resolve_regression_outputs(num_regression_outputs, num_regions)
+        self.regression = RegressionHead(unet_features[0], self.num_regression_outputs)
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
         skips = []

@@ -2,8 +2,9 @@
 stage 3 for the segmentation error maps (SEMs), and attention-based SEM aggregation.
 
 Input: the M z-scored image channels followed by the C one-hot region masks of the query segmentation.
-Output: `(regression, sem_logits)`: (B, num_regression_outputs) predicted (DSC, NSD) and (B, C, *input
-shape) SEM logits. Either is None in the ablation that drops it.
+Output: `(regression, sem_logits)`: (B, num_regression_outputs) predicted subject-level (DSC, NSD) followed by
+each region's DSC and NSD (2 + 2C; 2 for models trained before, see regression_outputs) and (B, C, *input shape)
+SEM logits. Either is None in the ablation that drops it.
 """
 from __future__ import annotations
 
@@ -22,13 +23,14 @@ from nnqc.network_architecture.blocks import (
     upsample_nearest,
 )
 from nnqc.network_architecture.encoder import ResNetEncoder
+from nnqc.network_architecture.regression_outputs import check_regression_outputs, regression_output_count
 
 DEFAULT_STRIDES = ((2, 2, 2),) * 5
 DEFAULT_KERNEL_SIZES = ((3, 3, 3),) * 4
 
 
 class RegressionHead(nn.Module):
-    """Global average pooling of the deepest features -> fully connected layer -> (DSC, NSD).
+    """Global average pooling of the deepest features -> fully connected layer -> (DSC, NSD[, per region]).
 
     Always fp32, also under autocast: a bf16 output is rounded to steps of 0.004 near 1, as large as the rest of
     the bf16 error together (measured); the head costs nothing next to the convolutions.
@@ -41,6 +43,13 @@ class RegressionHead(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         with autocast_off(x.device.type):
             return self.fc(spatial_means(x))
+
+
+def resolve_regression_outputs(num_regression_outputs: int | None, num_regions: int) -> int:
+    """2 + 2C when not given; a given count must be one of the two layouts (regression_outputs)."""
+    n = regression_output_count(num_regions) if num_regression_outputs is None else int(num_regression_outputs)
+    check_regression_outputs(n, num_regions)
+    return n
 
 
 class DecoderStage(nn.Module):
@@ -125,10 +134,11 @@ class QCResUNet(nn.Module):
 
     strides: 5 per-axis strides: stem, max-pool, stages 2, 3, 4. kernel_sizes: 4 per-axis kernel sizes of
     stages 1-4 (the decoder reuses those of the skip it joins). decoder_features: the decoder's input width
-    (stage 3) followed by the widths of its three up-steps.
+    (stage 3) followed by the widths of its three up-steps. num_regression_outputs: 2 + 2C (None, the default)
+    or 2, the paper's head, which models trained before per-region outputs have.
     """
 
-    def __init__(self, input_channels: int, num_regions: int, num_regression_outputs: int = 2,
+    def __init__(self, input_channels: int, num_regions: int, num_regression_outputs: int | None = None,
                  strides: Sequence[Sequence[int]] = DEFAULT_STRIDES,
                  kernel_sizes: Sequence[Sequence[int]] = DEFAULT_KERNEL_SIZES,
                  stem_kernel_size: Sequence[int] = (7, 7, 7),
@@ -153,12 +163,13 @@ class QCResUNet(nn.Module):
         decoder_nonlin_kwargs = ({"negative_slope": 0.01, "inplace": True} if decoder_nonlin_kwargs is None
                                  else decoder_nonlin_kwargs)
         self.num_regions = num_regions
+        self.num_regression_outputs = resolve_regression_outputs(num_regression_outputs, num_regions)
         self.strides = [as_triple(s) for s in strides]
         # without the regression task stage 4 has no purpose: it feeds only the regression head
         self.encoder = ResNetEncoder(input_channels, strides, kernel_sizes, stem_kernel_size, features_per_stage,
                                      blocks_per_stage, dropout_p, norm_op, norm_op_kwargs, nonlin, nonlin_kwargs,
                                      num_stages=4 if regression_head else 3)
-        self.regression = (RegressionHead(features_per_stage[3], num_regression_outputs) if regression_head
+        self.regression = (RegressionHead(features_per_stage[3], self.num_regression_outputs) if regression_head
                            else None)
         # skips, coarse to fine: stage-2 output, max-pool output, stem output
         skip_channels = (features_per_stage[1], features_per_stage[0], features_per_stage[0])

@@ -10,10 +10,12 @@ from batchgenerators.utilities.file_and_folder_operations import join
 
 from nnqc.calibration.conformal import DEFAULT_ALPHA, check_alpha
 from nnqc.calibration.decision import decision_counts
+from nnqc.calibration.region_quality import NO_PER_REGION_OUTPUTS
 from nnqc.evaluation.figures import format_interval, format_number
 from nnqc.experiment_planning.planner import DEFAULT_PLANS_NAME
 from nnqc.inference.case_failures import ERROR, SKIPPED, status_kind
 from nnqc.inference.predictor import DEFAULT_FLAG_BELOW, nnQCPredictor
+from nnqc.inference.worst_slices import DEFAULT_NUM_WORST_SLICES
 from nnqc.model_sharing.model_metadata import describe_model, load_model_metadata
 from nnqc.model_sharing.model_metadata import trained_model_folder as model_folder
 from nnqc.output_files import ERRORS_LOG
@@ -38,10 +40,20 @@ def _reason_names(text) -> str:
     return ",".join(dict.fromkeys(part.split(":", 1)[0].strip() for part in text.split("; ")))
 
 
+def _worst_region(row) -> str:
+    """'ET 0.42 fail': the case's worst region, its (calibrated) DSC and decision; empty without per-region outputs."""
+    name = row.get("worst_region")
+    if not isinstance(name, str) or not name:
+        return ""
+    decision = row.get("worst_region_decision")
+    return " ".join(p for p in (name, _table_number(row.get("worst_region_dsc")),
+                                decision if isinstance(decision, str) else "") if p)
+
+
 def print_table(table) -> None:
     """The summary as a plain table, worst first: predictions, the calibrated DSC with its interval and the
-    decision, what the network did not see and why a case is outside the training range (names only; the
-    summary files have the details)."""
+    decision, the worst region, what the network did not see and why a case is outside the training range (names
+    only; the summary files have the details, every region's among them)."""
     shown = pd.DataFrame({"case": table["case"]})
     for column in ("predicted_dsc", "predicted_dsc_sd", "predicted_nsd", "calibrated_dsc"):
         if column in table:
@@ -57,6 +69,8 @@ def print_table(table) -> None:
     for column in ("decision", "flagged", "partial_view"):
         if column in table:
             shown[column] = table[column].map(lambda v: "" if v is None or v != v else str(v))
+    if "worst_region" in table:
+        shown["worst_region"] = [_worst_region(row) for _, row in table.iterrows()]
     if "out_of_training_range" in table:
         shown["out_of_range"] = table["out_of_training_range"].map(_reason_names)
     for column in table.columns:
@@ -115,6 +129,9 @@ def predict_entry() -> None:
     parser.add_argument("--fusion", default=None, metavar="qc_fusion.json",
                         help="with --ensemble_members: the fusion nnQC_evaluate fitted on labelled cases; the fused "
                              "DSC, its interval and the decision from them go into the summary")
+    parser.add_argument("--worst_slices", type=int, default=DEFAULT_NUM_WORST_SLICES, metavar="K",
+                        help=f"per case and region, the K slices with the most predicted error listed in "
+                             f"qc_summary.json and shown in the report (default {DEFAULT_NUM_WORST_SLICES})")
     parser.add_argument("--trust_class", nargs="+", default=[], metavar="package.module.Class",
                         help="classes a model's files may name besides nnQC's own and torch's layers (your own "
                              "trainer or network); also read from the environment variable nnQC_trusted_classes")
@@ -136,7 +153,9 @@ def predict_entry() -> None:
     set_thread_counts(device.type)  # CUDA: 1 thread and 1 inter-op thread, as nnUNetv2_predict
     npp = (0 if on_cpu else 1) if args.npp is None else args.npp
     nps = (1 if on_cpu else 2) if args.nps is None else args.nps
-    predictor = nnQCPredictor(device, fp32=args.fp32, use_mirroring=args.tta)
+    if args.worst_slices < 1:
+        parser.error("--worst_slices must be at least 1")
+    predictor = nnQCPredictor(device, fp32=args.fp32, use_mirroring=args.tta, num_worst_slices=args.worst_slices)
     try:
         folder = args.m if args.m is not None else model_folder(
             args.d, args.tr or "nnQCTrainer", args.p or DEFAULT_PLANS_NAME, args.c or "3d_fullres")
@@ -169,6 +188,12 @@ def predict_entry() -> None:
     else:
         print(f"no calibration ({predictor.calibration_status['reason']}): no intervals and no pass/review/fail "
               f"decisions, only the flag")
+    if not predictor.per_region_outputs:
+        print(f"NOTE: {NO_PER_REGION_OUTPUTS}")
+    elif "worst_region_decision" in table:
+        failing = int((table.loc[table["status"] == "ok", "worst_region_decision"] == "fail").sum())
+        print(f"{failing} case(s) with a failing region (worst_region; every region's DSC, NSD, interval, decision "
+              f"and worst slices are in {join(args.o, 'qc_summary.json')})")
     if args.report:
         from nnqc.evaluation.report import write_report
 

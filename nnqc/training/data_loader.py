@@ -19,6 +19,7 @@ from nnqc.sampling import BalancedBatchSampler
 from nnqc.training.validation_shards import PADDING_COLUMN
 
 CANDIDATES_FOLDER = "candidates"
+SUBJECT_QUALITY_COLUMNS = ("dsc", "nsd")
 
 
 def load_candidate(preprocessed_folder: str, sample: str) -> np.ndarray:
@@ -44,9 +45,11 @@ def load_example(dataset: nnUNetBaseDataset, preprocessed_folder: str, subject: 
     return images, centre_crop_or_pad(labels, patch_size)
 
 
-def collate(examples: Sequence[tuple[np.ndarray, np.ndarray]], rows: pd.DataFrame, transforms=None) -> dict:
+def collate(examples: Sequence[tuple[np.ndarray, np.ndarray]], rows: pd.DataFrame, transforms=None,
+            quality_columns: Sequence[str] = SUBJECT_QUALITY_COLUMNS) -> dict:
     """Stack examples into a batch dict; `transforms` (batchgeneratorsv2) run per example on image and
-    labels together, so spatial transforms move images, reference and candidate identically."""
+    labels together, so spatial transforms move images, reference and candidate identically. "quality" holds the
+    targets of `quality_columns` (the trainer's: subject level, then per region)."""
     images, labels = [], []
     for image, label in examples:
         image, label = torch.from_numpy(image), torch.from_numpy(label)
@@ -57,7 +60,7 @@ def collate(examples: Sequence[tuple[np.ndarray, np.ndarray]], rows: pd.DataFram
         labels.append(label)
     labels = torch.stack(labels)
     return {"data": torch.stack(images), "reference": labels[:, :1], "candidate": labels[:, 1:],
-            "quality": torch.from_numpy(rows[["dsc", "nsd"]].to_numpy(np.float32, copy=True)),
+            "quality": torch.from_numpy(rows[list(quality_columns)].to_numpy(np.float32, copy=True)),
             "samples": list(rows["sample"]),
             # validation shards of distributed ranks are padded with repeated samples that must not count
             PADDING_COLUMN: (rows[PADDING_COLUMN].to_numpy(bool, copy=True) if PADDING_COLUMN in rows
@@ -72,7 +75,8 @@ class nnQCDataLoader(SlimDataLoaderBase):
     """
 
     def __init__(self, dataset: nnUNetBaseDataset, samples: pd.DataFrame, preprocessed_folder: str,
-                 batch_size: int, patch_size: Sequence[int], transforms=None, seed: int | None = None):
+                 batch_size: int, patch_size: Sequence[int], transforms=None, seed: int | None = None,
+                 quality_columns: Sequence[str] = SUBJECT_QUALITY_COLUMNS):
         super().__init__(dataset, batch_size, None)
         if len(samples) == 0:
             raise RuntimeError("no QC samples for the training subjects of this fold")
@@ -80,6 +84,7 @@ class nnQCDataLoader(SlimDataLoaderBase):
         self.preprocessed_folder = preprocessed_folder
         self.patch_size = tuple(patch_size)
         self.transforms = transforms
+        self.quality_columns = tuple(quality_columns)
         self.seed = seed
         self._sampler, self._pid = None, None
 
@@ -91,17 +96,17 @@ class nnQCDataLoader(SlimDataLoaderBase):
         rows = self.samples.iloc[self._sampler.sample_batch()]
         examples = [load_example(self._data, self.preprocessed_folder, r.subject, r.sample, self.patch_size)
                     for r in rows.itertuples()]
-        return collate(examples, rows, self.transforms)
+        return collate(examples, rows, self.transforms, self.quality_columns)
 
 
 def iterate_batches(dataset: nnUNetBaseDataset, samples: pd.DataFrame, preprocessed_folder: str, batch_size: int,
-                    patch_size: Sequence[int]):
+                    patch_size: Sequence[int], quality_columns: Sequence[str] = SUBJECT_QUALITY_COLUMNS):
     """Deterministic, unaugmented batches over `samples` in order (validation)."""
     for start in range(0, len(samples), batch_size):
         rows = samples.iloc[start:start + batch_size]
         examples = [load_example(dataset, preprocessed_folder, r.subject, r.sample, patch_size)
                     for r in rows.itertuples()]
-        yield collate(examples, rows)
+        yield collate(examples, rows, quality_columns=quality_columns)
 
 
 class nnQCValidationLoader(SlimDataLoaderBase):
@@ -112,13 +117,14 @@ class nnQCValidationLoader(SlimDataLoaderBase):
     """
 
     def __init__(self, dataset: nnUNetBaseDataset, samples: pd.DataFrame, preprocessed_folder: str, batch_size: int,
-                 patch_size: Sequence[int]):
+                 patch_size: Sequence[int], quality_columns: Sequence[str] = SUBJECT_QUALITY_COLUMNS):
         super().__init__(dataset, batch_size, None)
         if len(samples) == 0:
             raise RuntimeError("no QC samples for the validation subjects of this fold")
         self.samples = samples
         self.preprocessed_folder = preprocessed_folder
         self.patch_size = tuple(patch_size)
+        self.quality_columns = tuple(quality_columns)
         self._batches = None
 
     def __len__(self) -> int:
@@ -133,4 +139,4 @@ class nnQCValidationLoader(SlimDataLoaderBase):
     def _cycle(self):
         while True:
             yield from iterate_batches(self._data, self.samples, self.preprocessed_folder, self.batch_size,
-                                       self.patch_size)
+                                       self.patch_size, self.quality_columns)

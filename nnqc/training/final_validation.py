@@ -2,8 +2,8 @@
 that calibration and the reported figures are made from.
 
 - validation/qc_predictions_all.csv: every validation sample, in its natural distribution (out-of-fold predictions
-  for calibration): sample, subject, source, generator, true and predicted DSC/NSD, per-region true DSC and
-  DSC_SEM;
+  for calibration): sample, subject, source, generator, true and predicted DSC/NSD, per-region true DSC, NSD and
+  (networks with per-region outputs) predicted DSC and NSD, and DSC_SEM;
 - validation/qc_predictions.csv and summary.json: the deterministically balanced subset (SPEC §4), whose metrics
   are the reported validation figures (summary.json also has those of all samples).
 """
@@ -16,6 +16,7 @@ import pandas as pd
 
 from nnqc.atomic_files import replace_atomically, write_json_atomically
 from nnqc.evaluation.qc_metrics import regression_summary, sem_dice_summary
+from nnqc.network_architecture.regression_outputs import has_per_region_outputs
 from nnqc.sampling import balanced_subset
 
 VALIDATION_FOLDER = "validation"
@@ -27,11 +28,21 @@ ALL_PREDICTIONS_COLUMNS = ("sample", "subject", "source", "generator", "dsc", "n
                            "predicted_nsd")
 
 
+def region_prediction_columns(region_names: Sequence[str]) -> list[str]:
+    """predicted_dsc_<region>..., predicted_nsd_<region>...: the per-region outputs' columns, in their order."""
+    return [*(f"predicted_dsc_{r}" for r in region_names), *(f"predicted_nsd_{r}" for r in region_names)]
+
+
 def predictions_table(outputs: dict, samples: pd.DataFrame, region_names: Sequence[str], fold) -> pd.DataFrame:
-    """The gathered per-sample validation outputs ("samples", "predicted" (N, 2), "sem_dice" (N, C)) as columns
-    predicted_dsc, predicted_nsd, dsc_sem_<region> in the rows and order of `samples`; a RuntimeError unless they
-    cover every sample exactly once."""
-    predicted = pd.DataFrame({"predicted_dsc": outputs["predicted"][:, 0], "predicted_nsd": outputs["predicted"][:, 1],
+    """The gathered per-sample validation outputs ("samples", "predicted" (N, 2) or (N, 2 + 2C), "sem_dice" (N, C))
+    as columns predicted_dsc, predicted_nsd, predicted_{dsc,nsd}_<region> (with per-region outputs),
+    dsc_sem_<region> in the rows and order of `samples`; a RuntimeError unless they cover every sample exactly
+    once."""
+    values = outputs["predicted"]
+    per_region = {}
+    if has_per_region_outputs(values.shape[1], len(region_names)):
+        per_region = {c: values[:, 2 + i] for i, c in enumerate(region_prediction_columns(region_names))}
+    predicted = pd.DataFrame({"predicted_dsc": values[:, 0], "predicted_nsd": values[:, 1], **per_region,
                               **{f"dsc_sem_{name}": outputs["sem_dice"][:, i] for i, name in enumerate(region_names)}},
                              index=outputs["samples"])
     if predicted.index.has_duplicates or set(predicted.index) != set(samples["sample"]):
@@ -45,9 +56,10 @@ def validation_tables(samples: pd.DataFrame, predicted: pd.DataFrame, region_nam
     """(all samples' table for qc_predictions_all.csv, the balanced subset's for qc_predictions.csv) from the
     validation samples and predictions_table of them."""
     everything = pd.concat([samples, predicted], axis=1)
-    region_dsc = [f"dsc_{name}" for name in region_names if f"dsc_{name}" in everything]
+    region_columns = [c for c in (*(f"dsc_{r}" for r in region_names), *(f"nsd_{r}" for r in region_names),
+                                  *region_prediction_columns(region_names)) if c in everything]
     sem_columns = [f"dsc_sem_{name}" for name in region_names]
-    all_table = everything[[c for c in ALL_PREDICTIONS_COLUMNS if c in everything] + region_dsc + sem_columns]
+    all_table = everything[[c for c in ALL_PREDICTIONS_COLUMNS if c in everything] + region_columns + sem_columns]
     table = everything.iloc[balanced_subset(everything["dsc"].to_numpy())]
     table = table[["sample", "subject", "source", "dsc", "nsd", "predicted_dsc", "predicted_nsd",
                    *sem_columns]].reset_index(drop=True)
@@ -58,13 +70,18 @@ def validation_summary(all_table: pd.DataFrame, table: pd.DataFrame, region_name
                        trainer_name: str) -> dict:
     """summary.json: the balanced subset's r, MAE and DSC_SEM, and r and MAE over all validation samples."""
     sem_columns = [f"dsc_sem_{name}" for name in region_names]
+    regions = {r: {m: regression_summary(all_table[f"{m}_{r}"], all_table[f"predicted_{m}_{r}"])
+                   for m in ("dsc", "nsd")}
+               for r in region_names if f"predicted_dsc_{r}" in all_table and f"dsc_{r}" in all_table}
     return {"fold": fold, "num_samples": len(table), "trainer": trainer_name,
             "dsc": regression_summary(table["dsc"], table["predicted_dsc"]),
             "nsd": regression_summary(table["nsd"], table["predicted_nsd"]),
             "dsc_sem": sem_dice_summary(table[sem_columns].to_numpy(), region_names),
             "all_samples": {"num_samples": len(all_table),
                             "dsc": regression_summary(all_table["dsc"], all_table["predicted_dsc"]),
-                            "nsd": regression_summary(all_table["nsd"], all_table["predicted_nsd"])}}
+                            "nsd": regression_summary(all_table["nsd"], all_table["predicted_nsd"]),
+                            # per region, over all validation samples (empty: a model without per-region outputs)
+                            "regions": regions}}
 
 
 def write_final_validation(output_folder: str, samples: pd.DataFrame, predicted: pd.DataFrame,
