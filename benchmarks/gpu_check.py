@@ -58,6 +58,7 @@ def timing_trainer(device: torch.device, network_kwargs: dict, compiled: bool, f
     trainer.device, trainer.is_ddp, trainer.regions = device, False, BRATS_REGIONS
     trainer.initial_lr, trainer.weight_decay, trainer.lr_decay, trainer.min_lr = 2.1e-4, 1e-4, 0.9, 1e-6
     trainer.grad_clip, trainer.sem_loss_weight, trainer.region_loss_weight = 12.0, 1.0, 1.0
+    trainer.ranking_loss, trainer.ranking_loss_weight = "none", 0.0
     trainer.cpu_bf16_autocast = trainer.cuda_mixed_precision = not fp32
     network = QCResUNet(input_channels=7, num_regions=len(BRATS_REGIONS), **network_kwargs).to(device).train()
     instance_norms_in_fp32(network)
