@@ -82,11 +82,13 @@ def region_lines(result: dict) -> list[str]:
     regions = result.get("regions") or {}
     if not regions:
         return ["per region: no per-region predictions (a model trained before nnQC predicted regions)"]
-    lines = [f"{'region':8s}{'DSC r':>8s}{'DSC MAE':>9s}{'NSD r':>8s}{'NSD MAE':>9s}{'AURC':>8s}{'coverage':>10s}"]
+    width = max(8, *(len(name) + 1 for name in regions))
+    header = f"{'DSC r':>8s}{'DSC MAE':>9s}{'NSD r':>8s}{'NSD MAE':>9s}{'AURC':>8s}{'coverage':>10s}"
+    lines = [f"{'region':{width}s}{header}"]
     for name, f in regions.items():
         aurc = (f.get("failure_detection") or {}).get("aurc")
         coverage = ((f.get("intervals") or {}).get("dsc") or {}).get("coverage")
         cells = [f["dsc"]["r"], f["dsc"]["mae"], f["nsd"]["r"], f["nsd"]["mae"], aurc, coverage]
         text = ["" if v is None or not np.isfinite(v) else f"{v:.3f}" for v in cells]
-        lines.append(f"{name[:8]:8s}{text[0]:>8s}{text[1]:>9s}{text[2]:>8s}{text[3]:>9s}{text[4]:>8s}{text[5]:>10s}")
+        lines.append(f"{name:{width}s}{text[0]:>8s}{text[1]:>9s}{text[2]:>8s}{text[3]:>9s}{text[4]:>8s}{text[5]:>10s}")
     return lines
