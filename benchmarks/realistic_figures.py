@@ -86,7 +86,9 @@ def confidence_columns(table: pd.DataFrame) -> pd.DataFrame:
 
     from nnqc.calibration.fusion import cross_fitted_fusion
 
-    fused = cross_fitted_fusion(table, table["true_dsc"].to_numpy(), table["subject"].to_numpy())
+    # the assessed segmentation is one of the members here: its DSC to the members is that to the other two
+    features = table.assign(dsc_to_members=table["dsc_to_other_members"])
+    fused = cross_fitted_fusion(features, table["true_dsc"].to_numpy(), table["subject"].to_numpy())
     return pd.DataFrame({"nnQC": table["predicted_dsc"], "agreement": table["ensemble_agreement"], "fused": fused,
                          "rank mean": (rankdata(table["predicted_dsc"]) + rankdata(table["ensemble_agreement"]))
                          / (2 * len(table))}, index=table.index)
