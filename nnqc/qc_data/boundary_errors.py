@@ -71,6 +71,20 @@ def _signed_distance(mask: np.ndarray, sampling: np.ndarray) -> np.ndarray:
     return np.where(mask, .5 - inside, outside - .5)
 
 
+def _random_target(reference: np.ndarray, rng: np.random.Generator, spacing: Sequence[float],
+                   labels: Sequence[int], regions: list[tuple[int, ...]]):
+    """The candidate to edit, the spacing, and (slices, reference crop, mask) of a randomly chosen structure
+    (the whole foreground, an evaluated region or a label) padded by MAX_SHIFT; None for an empty reference."""
+    candidate, spacing, box = _start(reference, spacing)
+    present = _present_labels(reference, box, labels)
+    if not present:
+        return candidate, spacing, None
+    choices = _target_choices(present, regions)
+    chosen = choices[rng.integers(len(choices))]
+    slices, crop = _work_area(reference, box, MAX_SHIFT, spacing)
+    return candidate, spacing, (slices, crop, np.isin(crop, chosen))
+
+
 def boundary_shift(reference: np.ndarray, rng: np.random.Generator, spacing: Sequence[float],
                    labels: Sequence[int], regions: list[tuple[int, ...]]) -> np.ndarray:
     """Smoothly displace 1-4 stretches of a structure's boundary outwards or inwards by 1-3 voxels.
@@ -78,14 +92,10 @@ def boundary_shift(reference: np.ndarray, rng: np.random.Generator, spacing: Seq
     The displacement is a sum of Gaussian bumps centred on boundary voxels, each 0.3-1 equivalent radii wide:
     the contour bulges or dents where a segmenter misjudged a faint edge, and stays right elsewhere.
     """
-    candidate, spacing, box = _start(reference, spacing)
-    present = _present_labels(reference, box, labels)
-    if not present:
+    candidate, spacing, area = _random_target(reference, rng, spacing, labels, regions)
+    if area is None:
         return candidate
-    choices = _target_choices(present, regions)
-    chosen = choices[rng.integers(len(choices))]
-    slices, crop = _work_area(reference, box, MAX_SHIFT, spacing)
-    target = np.isin(crop, chosen)
+    slices, crop, target = area
     sampling = _unit_spacing(spacing)
     distance = _signed_distance(target, sampling)
     boundary = np.argwhere(np.abs(distance) < 1)
@@ -109,14 +119,10 @@ def thin_parts(reference: np.ndarray, rng: np.random.Generator, spacing: Sequenc
     """Lose or thicken the thin parts of a structure: what a morphological opening of radius 1-2.5 voxels
     removes (thin rims, strands, tips). A structure without thin parts loses or gains a one-voxel layer over
     a random part of its surface instead."""
-    candidate, spacing, box = _start(reference, spacing)
-    present = _present_labels(reference, box, labels)
-    if not present:
+    candidate, spacing, area = _random_target(reference, rng, spacing, labels, regions)
+    if area is None:
         return candidate
-    choices = _target_choices(present, regions)
-    chosen = choices[rng.integers(len(choices))]
-    slices, crop = _work_area(reference, box, MAX_SHIFT, spacing)
-    target = np.isin(crop, chosen)
+    slices, crop, target = area
     sampling = _unit_spacing(spacing)
     radius = rng.uniform(1., 2.5)
     core = distance_transform_edt(target, sampling=sampling) > radius
