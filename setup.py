@@ -27,7 +27,7 @@ setup(
     ],
     extras_require={
         # independent reference implementations used only by the tests
-        "test": ["pytest", "pytest-xdist", "ruff", "surface-distance==0.1", "monai==1.6.1", "hypothesis"],
+        "test": ["pytest", "pytest-xdist", "filelock", "ruff", "surface-distance==0.1", "monai==1.6.1", "hypothesis"],
     },
     entry_points={
         "console_scripts": [

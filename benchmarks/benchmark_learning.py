@@ -1,6 +1,10 @@
 """Does QC learn on CPU? QCResUNet against the ResNet-34 regressor, each trained for the same wall time.
 
-    python benchmarks/benchmark_learning.py [--minutes 20] [--subjects 40] [--held_out 10] [--keep DIR]
+    python benchmarks/benchmark_learning.py [--minutes 20 | --iterations N] [--subjects 40] [--held_out 10]
+                                            [--keep DIR]
+
+--iterations trains a fixed number of iterations (whole epochs) instead: figures that do not depend on the CPU or
+on what else runs on it, so that two versions of the code can be compared (benchmarks/compare_runs.py).
 
 Phantom source dataset (BraTS-like, small size) -> nnQC_convert -> plan and preprocess -> for each trainer,
 training on CPU on the demo's schedule (nnQCTrainer_CPUDemo's epochs and lr decay, the trainer's own network and
@@ -23,9 +27,10 @@ import torch
 TRAINERS = ("nnQCTrainer_CPUDemo", "nnQCTrainer_ResNet34")
 
 
-def time_limited(trainer_class: type, seconds: float) -> type:
+def time_limited(trainer_class: type, seconds: float | None, iterations: int | None = None) -> type:
     """The trainer with its schedule cut before an epoch that could overrun the budget (judged by the longest
-    epoch so far), so that training never takes more than `seconds`."""
+    epoch so far), so that training never takes more than `seconds`; or, with `iterations`, cut after the epoch
+    that reaches that many iterations."""
 
     class TimeLimited(trainer_class):
         training_minutes = None  # the budget is this wrapper's: the demo trainer keeps its 100 iterations
@@ -47,7 +52,10 @@ def time_limited(trainer_class: type, seconds: float) -> type:
                 epoch_start = self.logger.get_value("epoch_start_timestamps", step=-1)
                 self.on_epoch_end()
                 longest_epoch = max(longest_epoch, time.time() - epoch_start)
-                if time.time() - start + longest_epoch > seconds:
+                if iterations is not None:
+                    if self.current_epoch * self.num_iterations_per_epoch >= iterations:
+                        break
+                elif time.time() - start + longest_epoch > seconds:
                     break
             self.on_train_end()
 
@@ -106,7 +114,10 @@ def held_out_cases(source: str, out: str, per_case: int) -> tuple[str, str, str]
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--minutes", type=float, default=20)
+    budget = parser.add_mutually_exclusive_group()
+    budget.add_argument("--minutes", type=float, default=20, help="training wall time per trainer")
+    budget.add_argument("--iterations", type=int, default=None,
+                        help="training iterations per trainer instead of a wall time (rounded up to whole epochs)")
     parser.add_argument("--subjects", type=int, default=40)
     parser.add_argument("--held_out", type=int, default=10)
     parser.add_argument("--per_case", type=int, default=7, help="candidates per held-out subject")
@@ -123,10 +134,11 @@ def main() -> None:
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         os.environ[name] = os.path.join(root, name)
         os.makedirs(os.environ[name], exist_ok=True)
-    torch.set_num_threads(os.cpu_count() or 1)
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
     from dataset_conversion.phantoms import write_phantom_dataset
     from nnqc.evaluation.evaluate import evaluate_predictions
     from nnqc.evaluation.figures import calibration_lines
+    from nnqc.evaluation.region_evaluation import region_lines
     from nnqc.experiment_planning.plan_and_preprocess import plan_and_preprocess
     from nnqc.inference.predictor import nnQCPredictor
     from nnqc.qc_data.conversion import convert_dataset
@@ -145,7 +157,7 @@ def main() -> None:
         trainer_class = get_trainer_class(name)
         if args.schedule != "own":
             trainer_class = on_schedule(trainer_class, get_trainer_class(args.schedule))
-        trainer = get_trainer(801, "3d_fullres", 0, time_limited(trainer_class, args.minutes * 60),
+        trainer = get_trainer(801, "3d_fullres", 0, time_limited(trainer_class, args.minutes * 60, args.iterations),
                               device=torch.device("cpu"))
         start = time.time()
         trainer.run_training()
@@ -165,7 +177,7 @@ def main() -> None:
               f"{figure(r['nsd']['r'], 8)}{figure(r['nsd']['mae'], 9)}{figure(r['dsc_sem'].get('mean'), 9)}")
     for name, _, _, r in rows:  # calibrated decisions (from fold 0's out-of-fold predictions, when it has them)
         print(f"\n{name}:")
-        for line in calibration_lines(r):
+        for line in calibration_lines(r) + region_lines(r):
             print(f"  {line}")
     if not args.keep:
         shutil.rmtree(root, ignore_errors=True)

@@ -48,6 +48,7 @@ VARIANTS = {
     "harvested": (["classic"], "nnQCTrainer_CPUDemo", "harvested"),
     "synthetic": (["classic"], "nnQCTrainer_CPUDemo", "none"),
     "boundary+margin": (["all"], "nnQCTrainer_MarginRankingLoss", "snapshots"),
+    "classic+topbins": (["classic"], "nnQCTrainer_TopBins", "snapshots"),
 }
 
 
@@ -184,7 +185,7 @@ def train_variant(qc_id: int, trainer_name: str, epochs: int, iterations: int) -
 
 
 def run_variant(name: str, qc_id: int, training_folders: list[str], inputs: tuple[str, str, str], root: str,
-                epochs: int, iterations: int) -> dict:
+                epochs: int, iterations: int, with_tta: bool = True) -> dict:
     from nnqc.evaluation.evaluate import evaluate_predictions
     from nnqc.experiment_planning.plan_and_preprocess import plan_and_preprocess
     from nnqc.inference.predictor import nnQCPredictor
@@ -197,7 +198,7 @@ def run_variant(name: str, qc_id: int, training_folders: list[str], inputs: tupl
     plan_and_preprocess([qc_id], num_processes=2)
     model_folder, seconds, done_iterations = train_variant(qc_id, trainer_name, epochs, iterations)
     outputs = {}
-    for tta in (False, True):
+    for tta in (False, True) if with_tta else (False,):
         out = os.path.join(root, "variants", name + ("+tta" if tta else ""))
         if not os.path.isfile(os.path.join(out, "qc_evaluation.csv")):
             predictor = nnQCPredictor(torch.device("cpu"), allow_tqdm=False, use_mirroring=tta)
@@ -215,6 +216,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--keep", required=True, help="work folder (kept; a rerun resumes in it)")
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    parser.add_argument("--tta_variants", nargs="*", default=None, choices=list(VARIANTS),
+                        help="variants also predicted with test-time mirroring (default: all; 8 x the prediction time)")
     parser.add_argument("--epochs", type=int, default=32)
     parser.add_argument("--iterations", type=int, default=25, help="training iterations per epoch")
     parser.add_argument("--subjects", type=int, default=40)
@@ -236,7 +239,8 @@ def main() -> None:
             print(f"family plot failed: {type(e).__name__}: {e}", flush=True)
         for name in args.variants:
             result = run_variant(name, SOURCE_ID + 1 + list(VARIANTS).index(name), training_folders, inputs[:3],
-                                 root, args.epochs, args.iterations)
+                                 root, args.epochs, args.iterations,
+                                 args.tta_variants is None or name in args.tta_variants)
             print(f"{name}: trained {result['iterations']} iterations in {result['training_seconds'] / 60:.1f} min",
                   flush=True)
     cases = pd.read_csv(os.path.join(root, "evaluation", "cases.csv"))

@@ -103,7 +103,7 @@ def variant_tables(root: str, cases: pd.DataFrame) -> dict[str, pd.DataFrame]:
     return tables
 
 
-def _bootstrap_draws(subjects: np.ndarray, seed: int = 0) -> list[np.ndarray]:
+def bootstrap_draws(subjects: np.ndarray, seed: int = 0) -> list[np.ndarray]:
     """Row indices of each bootstrap replicate: the subjects drawn with replacement, all their rows together."""
     names = np.unique(subjects)
     rows = {s: np.flatnonzero(subjects == s) for s in names}
@@ -116,20 +116,11 @@ def _interval(values: list[float]) -> tuple[float, float]:
     return float(low), float(high)
 
 
-def report(root: str, cases: pd.DataFrame) -> list[str]:
-    tables = variant_tables(root, cases)
-    if not tables:
-        return ["no finished variant yet"]
+def paired_figures(tables: dict[str, pd.DataFrame], draws: list[np.ndarray]) -> tuple[list[str], dict]:
+    """Every figure of every run with its bootstrap interval and, after the first run, the paired difference to
+    it over the same draws. The tables hold the same cases in the same order."""
     first_name, first = next(iter(tables.items()))
-    draws = _bootstrap_draws(first["subject"].to_numpy())
-    true = first["true_dsc"]
-    lines = [f"{len(first)} held-out segmentations of {first['subject'].nunique()} subjects by "
-             f"{first['segmenter'].nunique()} segmenters; true DSC min {true.min():.3f}, q10 {true.quantile(.1):.3f},"
-             f" median {true.median():.3f}, q90 {true.quantile(.9):.3f}, max {true.max():.3f}; "
-             f"{(true.between(.6, .95)).mean():.0%} in [0.6, 0.95]",
-             f"optimal AURC {optimal_aurc(1 - true.to_numpy()):.3f}, random {random_aurc(1 - true.to_numpy()):.3f};"
-             f" 95 % intervals: {REPEATS} bootstrap draws of the subjects; 'vs {first_name}': paired difference"]
-    summary = {}
+    lines, summary = [], {}
     first_columns = columns_of(first)
     for name, table in tables.items():
         lines.append(f"\n{name}:")
@@ -145,6 +136,24 @@ def report(root: str, cases: pd.DataFrame) -> list[str]:
                 line += f"   vs {first_name} {value - function(first_columns):+.3f} [{low:+.3f}, {high:+.3f}]"
             lines.append(line)
             summary[name][figure] = {"value": value, "interval": _interval(values)}
+    return lines, summary
+
+
+def report(root: str, cases: pd.DataFrame) -> list[str]:
+    tables = variant_tables(root, cases)
+    if not tables:
+        return ["no finished variant yet"]
+    first_name, first = next(iter(tables.items()))
+    draws = bootstrap_draws(first["subject"].to_numpy())
+    true = first["true_dsc"]
+    lines = [f"{len(first)} held-out segmentations of {first['subject'].nunique()} subjects by "
+             f"{first['segmenter'].nunique()} segmenters; true DSC min {true.min():.3f}, q10 {true.quantile(.1):.3f},"
+             f" median {true.median():.3f}, q90 {true.quantile(.9):.3f}, max {true.max():.3f}; "
+             f"{(true.between(.6, .95)).mean():.0%} in [0.6, 0.95]",
+             f"optimal AURC {optimal_aurc(1 - true.to_numpy()):.3f}, random {random_aurc(1 - true.to_numpy()):.3f};"
+             f" 95 % intervals: {REPEATS} bootstrap draws of the subjects; 'vs {first_name}': paired difference"]
+    figure_lines, summary = paired_figures(tables, draws)
+    lines += figure_lines
     lines.append("\nfailure detection by confidence (ensemble agreement: mean pairwise DSC of the 3 folds of each "
                  "segmenter and snapshot; fused: nnQC's predicted DSC, the agreement and the DSC to the other "
                  "members, least squares cross-fitted over 5 subject groups; rank mean: mean of the two ranks)")

@@ -97,6 +97,8 @@ class nnQCTrainer(nnUNetTrainer):
         self.region_loss_weight = 1.0
         self.ranking_loss = "none"  # or "pearson" / "margin" (nnqc.training.loss), weighted by ranking_loss_weight
         self.ranking_loss_weight = 0.0
+        # interior DSC-bin edges that training batches are balanced over (nnqc.sampling); None: 10 equal bins
+        self.dsc_bin_edges: tuple[float, ...] | None = None
         self.grad_clip = 12.0
         self.enable_deep_supervision = False
         self.save_every = 1
@@ -257,7 +259,7 @@ class nnQCTrainer(nnUNetTrainer):
             self.record_training_coverage(tr_keys, training_samples)
         loader = nnQCDataLoader(self.dataset_class(self.preprocessed_dataset_folder, tr_keys), training_samples,
                                 self.preprocessed_dataset_folder, self.batch_size, patch_size, transforms,
-                                quality_columns=self.quality_columns())
+                                quality_columns=self.quality_columns(), bin_edges=self.dsc_bin_edges)
         if self.num_iterations_per_epoch is None:
             self.num_iterations_per_epoch = self.epoch_length(training_samples)
             self.print_to_log_file(

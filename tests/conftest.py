@@ -1,18 +1,22 @@
 """A tiny trained nnQC pipeline shared by the training, prediction and evaluation tests, and time limits.
 
-Built once per test session in a temporary folder: phantom source dataset -> nnQC_convert ->
-plan and preprocess -> two folds of nnQCTrainer_2epochs on CPU.
+Built once per test run in a temporary folder (shared by pytest-xdist's workers): phantom source dataset ->
+nnQC_convert -> plan and preprocess -> two folds of nnQCTrainer_2epochs on CPU.
 
 Every test's setup and call run under a time limit (DEFAULT_TIME_LIMIT_S, or @pytest.mark.time_limit(seconds)
 for tests of code that must not hang), so that a hang fails the test that hangs instead of stopping the suite.
 """
+import json
+import os
 import signal
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from filelock import FileLock
 from helpers import use_nnunet_folders
 from nnunetv2.experiment_planning.dataset_fingerprint.fingerprint_extractor import DatasetFingerprintExtractor
 
@@ -99,14 +103,12 @@ class TrainedPipeline:
         return {"nnUNet_raw": self.raw, "nnUNet_preprocessed": self.preprocessed, "nnUNet_results": self.results}
 
 
-@pytest.fixture(scope="session")
-def trained_pipeline(tmp_path_factory) -> TrainedPipeline:
+def build_pipeline(base: Path) -> TrainedPipeline:
     from dataset_conversion.phantoms import write_phantom_dataset
     from nnqc.experiment_planning.plan_and_preprocess import plan_and_preprocess
     from nnqc.qc_data.conversion import convert_dataset
     from nnqc.run.train import run_training
 
-    base = tmp_path_factory.mktemp("nnqc_pipeline")
     pipeline = TrainedPipeline(str(base / "raw"), str(base / "preprocessed"), str(base / "results"), "", "")
     with pytest.MonkeyPatch.context() as environment:
         use_nnunet_folders(environment, **pipeline.env())
@@ -121,6 +123,29 @@ def trained_pipeline(tmp_path_factory) -> TrainedPipeline:
         for fold in (0, 1):
             run_training(QC_ID, "3d_fullres", fold, TRAINER, device=torch.device("cpu"))
     return pipeline
+
+
+@pytest.fixture(scope="session")
+def trained_pipeline(tmp_path_factory) -> TrainedPipeline:
+    """Built once per run: under pytest-xdist the first worker that needs it builds it in the run's shared
+    temporary folder while the others wait on a lock, then all read the same folders (tests copy what they
+    change)."""
+    if os.environ.get("PYTEST_XDIST_WORKER") is None:
+        return build_pipeline(tmp_path_factory.mktemp("nnqc_pipeline"))
+    shared = tmp_path_factory.getbasetemp().parent / "nnqc_pipeline"  # this run's folder, common to its workers
+    record = shared / "pipeline.json"
+    with FileLock(str(shared) + ".lock"):
+        if not record.is_file():
+            shared.mkdir()
+            try:
+                record.write_text(json.dumps(asdict(build_pipeline(shared))))
+            except BaseException as e:  # the workers waiting for it fail with the reason, not on a half-built folder
+                record.write_text(json.dumps({"failed": f"{type(e).__name__}: {e}"}))
+                raise
+    built = json.loads(record.read_text())
+    if "failed" in built:
+        pytest.fail(f"building the trained pipeline failed in another worker: {built['failed']}")
+    return TrainedPipeline(**built)
 
 
 @pytest.fixture

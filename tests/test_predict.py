@@ -13,7 +13,7 @@ import SimpleITK as sitk
 import torch
 from batchgenerators.utilities.file_and_folder_operations import join, load_json
 from conftest import QC_ID, TRAINER
-from helpers import tree_hashes, write_like
+from helpers import tree_hashes, use_nnunet_folders, write_like
 
 from nnqc.inference.case_failures import CaseError, UnexpectedCaseError
 from nnqc.inference.predictor import nnQCPredictor
@@ -243,7 +243,25 @@ def test_worker_failures_come_back_as_named_case_errors():
     assert (str(crossed), crossed.details) == (str(error), error.details)
 
 
-def test_bad_input_matrix(trained_pipeline, cases, tmp_path):
+def predict_in_process(monkeypatch, capsys, env: dict, *args) -> tuple[int, str]:
+    """nnQC_predict's entry point in this process (no interpreter to start): (exit status, stderr)."""
+    from nnqc.run.predict import predict_entry
+
+    threads = torch.get_num_threads()  # the entry point sets every core, as nnU-Net's do
+    use_nnunet_folders(monkeypatch, **env)
+    monkeypatch.setattr(sys, "argv", ["nnQC_predict", "-d", str(QC_ID), "-tr", TRAINER, "-device", "cpu", *args])
+    capsys.readouterr()
+    try:
+        predict_entry()
+        status = 0
+    except SystemExit as e:
+        status = e.code
+    finally:
+        torch.set_num_threads(threads)
+    return status, capsys.readouterr().err
+
+
+def test_bad_input_matrix(trained_pipeline, cases, tmp_path, monkeypatch, capsys):
     """Every kind of bad case is skipped with a reason naming it (and its file), the others are assessed, and
     input folders stay byte-identical; bad output folders are refused for the whole run."""
     images, segs = tmp_path / "images", tmp_path / "segs"
@@ -317,7 +335,7 @@ def test_bad_input_matrix(trained_pipeline, cases, tmp_path):
     link = tmp_path / "link_to_images"
     link.symlink_to(images, target_is_directory=True)
     for bad_output in (str(images), str(segs), str(images / "sub"), str(tmp_path), str(link)):
-        result = run_predict(trained_pipeline.env(), "-i", str(images), "-s", str(segs), "-o", bad_output)
-        assert result.returncode != 0 and "must not be" in result.stderr, bad_output
-        assert "Traceback" not in result.stderr
+        status, stderr = predict_in_process(monkeypatch, capsys, trained_pipeline.env(), "-i", str(images), "-s",
+                                            str(segs), "-o", bad_output)
+        assert status != 0 and "must not be" in stderr and "Traceback" not in stderr, bad_output
     assert tree_hashes(images, segs) == before

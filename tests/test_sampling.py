@@ -2,7 +2,7 @@
 import numpy as np
 import pytest
 
-from nnqc.sampling import N_BINS, BalancedBatchSampler, balanced_subset, dsc_bins
+from nnqc.sampling import N_BINS, TOP_WEIGHTED_EDGES, BalancedBatchSampler, balanced_subset, bins_by_edges, dsc_bins
 
 # a skewed set as real segmenters produce it: mostly good, few bad; bin 2 empty
 BIN_COUNTS = [3, 5, 0, 8, 12, 20, 40, 90, 200, 600]
@@ -91,3 +91,36 @@ def test_balanced_subset_is_equal_per_bin_and_deterministic():
     assert np.array_equal(subset, balanced_subset(dscs.copy()))
     assert not np.array_equal(subset, balanced_subset(dscs, seed=1))
     assert balanced_subset([]).size == 0
+
+
+def test_bins_by_edges_hold_their_left_edge_and_one_in_the_last_bin():
+    edges = [0.25, 0.6, 0.9]
+    values = np.array([0.0, np.nextafter(0.25, 0), 0.25, 0.59, 0.6, 0.899, 0.9, 1.0])
+    assert bins_by_edges(values, edges).tolist() == [0, 0, 1, 1, 2, 2, 3, 3]
+    # equal edges k / n are dsc_bins' bins, on the edges themselves and one ulp below them
+    for n_bins in (10, 22):
+        equal = np.arange(1, n_bins) / n_bins
+        probe = np.concatenate([np.arange(n_bins + 1) / n_bins, np.nextafter(equal, 0), skewed_dscs()])
+        assert np.array_equal(bins_by_edges(probe, equal), dsc_bins(probe, n_bins))
+    for bad in ([0.5, 0.5], [0.0, 0.5], [0.5, 1.0], [0.7, 0.3]):
+        with pytest.raises(ValueError, match="edges"):
+            bins_by_edges(values, bad)
+    with pytest.raises(ValueError, match=r"\[0, 1\]"):
+        bins_by_edges(np.array([1.5]), edges)
+
+
+def test_top_weighted_bins_draw_more_of_every_batch_above_0_6():
+    """Candidates spread evenly over [0, 1]: the equal bins put 4 of 10 draws above DSC 0.6, the top-weighted ones
+    8 of 14 (binomial standard error over 16000 draws: 0.004)."""
+    dscs = np.random.default_rng(7).uniform(0, 1, 5000)
+    share_above = {}
+    for name, edges in (("equal", None), ("top", TOP_WEIGHTED_EDGES)):
+        sampler = BalancedBatchSampler(dscs, batch_size=4, seed=11, edges=edges)
+        drawn = np.concatenate([sampler.sample_batch() for _ in range(4000)])
+        share_above[name] = float(np.mean(dscs[drawn] >= 0.6))
+        # every batch still spreads over distinct bins
+        batch = sampler.sample_batch()
+        bins = dsc_bins(dscs[batch]) if edges is None else bins_by_edges(dscs[batch], edges)
+        assert len(set(bins.tolist())) == 4
+    assert abs(share_above["equal"] - 4 / 10) < 0.015
+    assert abs(share_above["top"] - 8 / 14) < 0.015

@@ -14,7 +14,7 @@ from nnunetv2.run.run_training import maybe_load_checkpoint
 
 from nnqc.metrics.regions import region_masks
 from nnqc.network_architecture.inputs import network_input
-from nnqc.sampling import dsc_bins
+from nnqc.sampling import TOP_WEIGHTED_EDGES, bins_by_edges, dsc_bins
 from nnqc.training.loss import QCLoss
 from nnqc.training.lr_schedule import ExponentialDecayLR
 from nnqc.training.qc_inputs import sem_targets
@@ -308,11 +308,11 @@ def test_default_epoch_is_one_pass_over_the_balanced_training_samples(pipeline_e
 
     monkeypatch.setenv("nnUNet_results", str(tmp_path))
     monkeypatch.setenv("nnUNet_n_proc_DA", "0")
-    lengths = {}
-    for name in ("nnQCTrainer", "nnQCTrainer_250it", "nnQCTrainer_CPUDemo"):
+    lengths, loaders = {}, {}
+    for name in ("nnQCTrainer", "nnQCTrainer_250it", "nnQCTrainer_CPUDemo", "nnQCTrainer_TopBins"):
         trainer = get_trainer(QC_ID, "3d_fullres", 0, name, device=torch.device("cpu"))
         trainer.batch_size = trainer.configuration_manager.batch_size
-        trainer.get_dataloaders()
+        loaders[name] = trainer.get_dataloaders()[0]
         lengths[name] = trainer.num_iterations_per_epoch
         assert trainer.num_epochs == 100 or name == "nnQCTrainer_CPUDemo"
         assert trainer.initial_lr == 2.1e-4  # the paper's (the tests' tiny model starts lower)
@@ -321,4 +321,11 @@ def test_default_epoch_is_one_pass_over_the_balanced_training_samples(pipeline_e
                           dtype={"subject": str})
     counts = np.bincount(dsc_bins(targets.loc[targets["subject"].isin(train_subjects), "dsc"].to_numpy()))
     balanced = counts[counts > 0].min() * (counts > 0).sum()  # every non-empty bin cut to the smallest
-    assert lengths == {"nnQCTrainer": -(-balanced // 4), "nnQCTrainer_250it": 250, "nnQCTrainer_CPUDemo": 100}
+    # the top-weighted bins change how batches are drawn, not the epoch
+    assert lengths == {"nnQCTrainer": -(-balanced // 4), "nnQCTrainer_250it": 250, "nnQCTrainer_CPUDemo": 100,
+                       "nnQCTrainer_TopBins": -(-balanced // 4)}
+    next(loaders["nnQCTrainer_TopBins"])  # the sampler is made at the first draw, in the process that draws
+    top = loaders["nnQCTrainer_TopBins"].data_loader
+    dscs = top.samples["dsc"].to_numpy()
+    assert len(top._sampler.members) == np.unique(bins_by_edges(dscs, TOP_WEIGHTED_EDGES)).size
+    assert len(top._sampler.members) > np.unique(dsc_bins(dscs)).size

@@ -158,8 +158,8 @@ def calibrated_regions(table: pd.DataFrame) -> list[str]:
     """The regions whose true and predicted DSC and NSD are in every row of the out-of-fold predictions (a model
     trained before per-region outputs has none), in the order of their columns."""
     names = [c[len("predicted_dsc_"):] for c in table.columns if c.startswith("predicted_dsc_")]
-    return [n for n in names if all(c in table and table[c].notna().all()
-                                    for c in (f"dsc_{n}", f"nsd_{n}", f"predicted_dsc_{n}", f"predicted_nsd_{n}"))]
+    columns = {n: [f"dsc_{n}", f"nsd_{n}", f"predicted_dsc_{n}", f"predicted_nsd_{n}"] for n in names}
+    return [n for n in names if all(c in table for c in columns[n]) and not table[columns[n]].isna().to_numpy().any()]
 
 
 def _calibration_block(table: pd.DataFrame, suffix: str, groups: np.ndarray, min_samples_per_bin: int
@@ -171,6 +171,7 @@ def _calibration_block(table: pd.DataFrame, suffix: str, groups: np.ndarray, min
     bins = choose_bins(predicted_dsc, min_samples_per_bin)
     which = bins.assign(predicted_dsc)
     true_dsc = table[f"dsc{suffix}"].to_numpy()
+    subjects = pd.factorize(table["subject"])[0]
     recalibration, bin_entries, summary, scores = {}, [], {}, {}
     for metric in METRICS:
         true, raw = table[f"{metric}{suffix}"].to_numpy(), table[f"predicted_{metric}{suffix}"].to_numpy()
@@ -187,7 +188,7 @@ def _calibration_block(table: pd.DataFrame, suffix: str, groups: np.ndarray, min
     for b, (low, high) in enumerate(bins.ranges()):
         members = which == b
         entry = {"predicted_dsc_range": [None if math.isinf(low) else low, None if math.isinf(high) else high],
-                 "num_samples": int(members.sum()), "num_subjects": int(table["subject"][members].nunique())}
+                 "num_samples": int(members.sum()), "num_subjects": int(np.unique(subjects[members]).size)}
         entry.update({key: _rounded_up(values[members]) for key, values in scores.items()})
         bin_entries.append(entry)
     conformal = {

@@ -36,16 +36,21 @@ class IsotonicMap:
             raise ValueError("isotonic fit needs two equally long, non-empty 1D sequences")
         if not (np.all(np.isfinite(predicted)) and np.all(np.isfinite(true))):
             raise ValueError("isotonic fit needs finite values")
-        x, inverse, counts = np.unique(predicted, return_inverse=True, return_counts=True)
-        mean_true = np.bincount(inverse, weights=true) / counts
-        y = isotonic_regression(mean_true, weights=counts.astype(np.float64), increasing=True).x
+        order = np.argsort(predicted, kind="stable")
+        sorted_x, sorted_true = predicted[order], true[order]
+        starts = np.flatnonzero(np.concatenate(([True], sorted_x[1:] != sorted_x[:-1])))  # one per distinct x
+        x = sorted_x[starts]
+        counts = np.diff(np.append(starts, sorted_x.size)).astype(np.float64)
+        mean_true = np.add.reduceat(sorted_true, starts) / counts
+        y = isotonic_regression(mean_true, weights=counts, increasing=True).x
         # keep the ends of every constant block: linear interpolation between them is the same function
-        keep = np.ones(x.size, dtype=bool)
         if x.size > 2:
-            flat_before = np.r_[False, y[1:] == y[:-1]]
-            flat_after = np.r_[y[:-1] == y[1:], False]
-            keep = ~(flat_before & flat_after)
-        return cls(x[keep], y[keep])
+            flat = y[1:] == y[:-1]
+            keep = ~(np.concatenate(([False], flat)) & np.concatenate((flat, [False])))
+            x, y = x[keep], y[keep]
+        fitted = cls.__new__(cls)  # increasing by construction: the constructor's checks are not needed
+        fitted.knots_x, fitted.knots_y = x, y
+        return fitted
 
     def __call__(self, values: Sequence[float] | float) -> np.ndarray:
         return np.interp(np.asarray(values, dtype=np.float64), self.knots_x, self.knots_y)

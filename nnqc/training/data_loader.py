@@ -76,7 +76,8 @@ class nnQCDataLoader(SlimDataLoaderBase):
 
     def __init__(self, dataset: nnUNetBaseDataset, samples: pd.DataFrame, preprocessed_folder: str,
                  batch_size: int, patch_size: Sequence[int], transforms=None, seed: int | None = None,
-                 quality_columns: Sequence[str] = SUBJECT_QUALITY_COLUMNS):
+                 quality_columns: Sequence[str] = SUBJECT_QUALITY_COLUMNS,
+                 bin_edges: Sequence[float] | None = None):
         super().__init__(dataset, batch_size, None)
         if len(samples) == 0:
             raise RuntimeError("no QC samples for the training subjects of this fold")
@@ -86,12 +87,14 @@ class nnQCDataLoader(SlimDataLoaderBase):
         self.transforms = transforms
         self.quality_columns = tuple(quality_columns)
         self.seed = seed
+        self.bin_edges = None if bin_edges is None else tuple(bin_edges)
         self._sampler, self._pid = None, None
 
     def generate_train_batch(self) -> dict:
         if self._sampler is None or self._pid != os.getpid():
             seed = None if self.seed is None else self.seed + self.thread_id
-            self._sampler = BalancedBatchSampler(self.samples["dsc"].to_numpy(), self.batch_size, seed=seed)
+            self._sampler = BalancedBatchSampler(self.samples["dsc"].to_numpy(), self.batch_size, seed=seed,
+                                                 edges=self.bin_edges)
             self._pid = os.getpid()
         rows = self.samples.iloc[self._sampler.sample_batch()]
         examples = [load_example(self._data, self.preprocessed_folder, r.subject, r.sample, self.patch_size)
