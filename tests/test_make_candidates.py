@@ -14,6 +14,7 @@ from nnqc.segmenters.snapshot_state import SnapshotState, resolve_snapshot_epoch
 SOURCE_ID, QC_ID = 720, 721
 TRAINER = "nnUNetTrainer_2epochs_2iterations"
 CHANNELS = {"0": "T1", "1": "T1ce", "2": "T2", "3": "FLAIR"}
+WORKER_SITE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "worker_site")
 
 
 def test_subsets_by_index_name_and_all():
@@ -66,6 +67,8 @@ def made(tmp_path_factory):
     base = tmp_path_factory.mktemp("make_candidates")
     with pytest.MonkeyPatch.context() as environment:
         env = use_nnunet_folders(environment, **{k: base / k for k in NNUNET_FOLDERS})
+        # nnU-Net's planning in the worker processes samples a few thousand intensities, not 1e8
+        environment.setenv("PYTHONPATH", os.pathsep.join(filter(None, [WORKER_SITE, os.environ.get("PYTHONPATH")])))
         source = write_phantom_dataset(SOURCE_ID, "Phantom", 6, "brats", shape=(32, 40, 32), seed=5, oblique=True,
                                        lesion_size=(0.35, 0.6), num_test=2)
         subjects = sorted(f[:-len(".nii.gz")] for f in os.listdir(os.path.join(source, "labelsTr")))
