@@ -260,6 +260,8 @@ class nnQCTrainer(nnUNetTrainer):
         loader = nnQCDataLoader(self.dataset_class(self.preprocessed_dataset_folder, tr_keys), training_samples,
                                 self.preprocessed_dataset_folder, self.batch_size, patch_size, transforms,
                                 quality_columns=self.quality_columns(), bin_edges=self.dsc_bin_edges)
+        if self.dsc_bin_edges is not None:
+            self.print_to_log_file(f"training batches balanced over the DSC bins with edges {list(self.dsc_bin_edges)}")
         if self.num_iterations_per_epoch is None:
             self.num_iterations_per_epoch = self.epoch_length(training_samples)
             self.print_to_log_file(
