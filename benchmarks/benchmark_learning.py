@@ -1,10 +1,14 @@
 """Does QC learn on CPU? QCResUNet against the ResNet-34 regressor, each trained for the same wall time.
 
     python benchmarks/benchmark_learning.py [--minutes 20 | --iterations N] [--subjects 40] [--held_out 10]
-                                            [--keep DIR]
+                                            [--repeats 1] [--keep DIR]
 
 --iterations trains a fixed number of iterations (whole epochs) instead: figures that do not depend on the CPU or
 on what else runs on it, so that two versions of the code can be compared (benchmarks/compare_runs.py).
+--repeats N trains each trainer N times from fresh random starts on the same data (run k >= 2 in
+nnUNet_results_run{k}, its predictions in qc_TRAINER_run{k}): the run-to-run spread of training, which
+compare_runs.py --groups reports. A kept work folder resumes: its data is reused when made with the same options,
+and finished runs are not trained again.
 
 Phantom source dataset (BraTS-like, small size) -> nnQC_convert -> plan and preprocess -> for each trainer,
 training on CPU on the demo's schedule (nnQCTrainer_CPUDemo's epochs and lr decay, the trainer's own network and
@@ -15,6 +19,7 @@ pass/review/fail counts, mean error for true DSC > 0.85 raw and recalibrated. Ta
 NSD r >= 0.8, DSC_SEM >= 0.5, interval coverage >= 0.85.
 """
 import argparse
+import json
 import os
 import shutil
 import sys
@@ -83,7 +88,6 @@ def held_out_cases(source: str, out: str, per_case: int) -> tuple[str, str, str]
     from nnqc.qc_data.view import read_subject_view
 
     with open(os.path.join(source, "dataset.json")) as f:
-        import json
         dataset_json = json.load(f)
     _, regions = get_regions(dataset_json)
     labels = allowed_labels(dataset_json)
@@ -112,6 +116,69 @@ def held_out_cases(source: str, out: str, per_case: int) -> tuple[str, str, str]
     return tuple(folders)
 
 
+def prepare_data(root: str, args: argparse.Namespace) -> tuple[str, str, str]:
+    """Phantom source dataset, QC conversion, preprocessing and the held-out candidates; skipped when `root` holds
+    them from the same options (setup.json, written last)."""
+    from dataset_conversion.phantoms import write_phantom_dataset
+    from nnqc.experiment_planning.plan_and_preprocess import plan_and_preprocess
+    from nnqc.qc_data.conversion import convert_dataset
+
+    options = {"subjects": args.subjects, "held_out": args.held_out, "per_case": args.per_case,
+               "shape": list(args.shape), "lesion_size": list(args.lesion_size)}
+    record = os.path.join(root, "setup.json")
+    folders = tuple(os.path.join(root, "held_out", n) for n in ("images", "segmentations", "references"))
+    if os.path.isfile(record):
+        with open(record) as f:
+            if json.load(f) == options:
+                print(f"reusing the data in {root} (made with the same options)")
+                return folders
+        os.remove(record)
+    source = write_phantom_dataset(800, "LearnPhantom", args.subjects, "brats", shape=args.shape, seed=11,
+                                   num_test=args.held_out, num_processes=2, overwrite=True,
+                                   lesion_size=args.lesion_size)
+    convert_dataset(800, 801, num_seggen=3, num_degradations=12, num_processes=2, verbose=False)
+    plan_and_preprocess([801], num_processes=2)
+    shutil.rmtree(os.path.join(root, "held_out"), ignore_errors=True)
+    held_out_cases(source, os.path.join(root, "held_out"), args.per_case)
+    with open(record, "w") as f:
+        json.dump(options, f)
+    return folders
+
+
+def train_and_predict(root: str, name: str, run: int, args: argparse.Namespace, images: str, segs: str) -> tuple:
+    """Run `run` of trainer `name` (its own nnUNet_results from run 2 on), then its predictions on the held-out
+    candidates; a finished run (run.json beside its predictions) is read back instead."""
+    from nnqc.inference.predictor import nnQCPredictor
+    from nnqc.run.train import get_trainer
+    from nnqc.trainer_lookup import get_trainer_class
+
+    suffix = "" if run == 1 else f"_run{run}"
+    out = os.path.join(root, f"qc_{name}{suffix}")
+    record = os.path.join(out, "run.json")
+    if os.path.isfile(record):
+        with open(record) as f:
+            done = json.load(f)
+        print(f"{name} run {run}: finished before, its predictions in {out} are reused")
+        return out, done["minutes"], done["iterations"]
+    os.environ["nnUNet_results"] = os.path.join(root, f"nnUNet_results{suffix}")
+    trainer_class = get_trainer_class(name)
+    if args.schedule != "own":
+        trainer_class = on_schedule(trainer_class, get_trainer_class(args.schedule))
+    trainer = get_trainer(801, "3d_fullres", 0, time_limited(trainer_class, args.minutes * 60, args.iterations),
+                          device=torch.device("cpu"))
+    start = time.time()
+    trainer.run_training()
+    minutes = (time.time() - start) / 60
+    trainer.perform_actual_validation()  # as nnQC_train does; its out-of-fold predictions calibrate the model
+    predictor = nnQCPredictor(torch.device("cpu"), allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(os.path.dirname(trainer.output_folder), (0,))
+    predictor.predict_from_files(images, segs, out)
+    iterations = trainer.current_epoch * trainer.num_iterations_per_epoch
+    with open(record, "w") as f:
+        json.dump({"minutes": minutes, "iterations": iterations}, f)
+    return out, minutes, iterations
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     budget = parser.add_mutually_exclusive_group()
@@ -128,52 +195,33 @@ def main() -> None:
     parser.add_argument("--schedule", default=TRAINERS[0],
                         help="trainer whose epochs and lr decay every trainer uses (default %(default)s; 'own': "
                              "each its own)")
-    parser.add_argument("--keep", default=None, help="work folder to keep (default: a temporary one)")
+    parser.add_argument("--repeats", type=int, default=1,
+                        help="training runs per trainer from fresh random starts (the run-to-run spread)")
+    parser.add_argument("--keep", default=None, help="work folder to keep (default: a temporary one; a kept one "
+                                                     "resumes)")
     args = parser.parse_args()
     root = args.keep or tempfile.mkdtemp(prefix="nnqc_learning_")
     for name in ("nnUNet_raw", "nnUNet_preprocessed", "nnUNet_results"):
         os.environ[name] = os.path.join(root, name)
         os.makedirs(os.environ[name], exist_ok=True)
     torch.set_num_threads(len(os.sched_getaffinity(0)))
-    from dataset_conversion.phantoms import write_phantom_dataset
     from nnqc.evaluation.evaluate import evaluate_predictions
     from nnqc.evaluation.figures import calibration_lines
     from nnqc.evaluation.region_evaluation import region_lines
-    from nnqc.experiment_planning.plan_and_preprocess import plan_and_preprocess
-    from nnqc.inference.predictor import nnQCPredictor
-    from nnqc.qc_data.conversion import convert_dataset
-    from nnqc.run.train import get_trainer
-    from nnqc.trainer_lookup import get_trainer_class
 
-    source = write_phantom_dataset(800, "LearnPhantom", args.subjects, "brats", shape=args.shape, seed=11,
-                                   num_test=args.held_out, num_processes=2, overwrite=True,
-                                   lesion_size=args.lesion_size)
-    convert_dataset(800, 801, num_seggen=3, num_degradations=12, num_processes=2, verbose=False)
-    plan_and_preprocess([801], num_processes=2)
-    images, segs, refs = held_out_cases(source, os.path.join(root, "held_out"), args.per_case)
+    images, segs, refs = prepare_data(root, args)
     os.environ["nnUNet_n_proc_DA"] = "0"
     rows = []
-    for name in args.trainers:
-        trainer_class = get_trainer_class(name)
-        if args.schedule != "own":
-            trainer_class = on_schedule(trainer_class, get_trainer_class(args.schedule))
-        trainer = get_trainer(801, "3d_fullres", 0, time_limited(trainer_class, args.minutes * 60, args.iterations),
-                              device=torch.device("cpu"))
-        start = time.time()
-        trainer.run_training()
-        minutes = (time.time() - start) / 60
-        trainer.perform_actual_validation()  # as nnQC_train does; its out-of-fold predictions calibrate the model
-        predictor = nnQCPredictor(torch.device("cpu"), allow_tqdm=False)
-        predictor.initialize_from_trained_model_folder(os.path.dirname(trainer.output_folder), (0,))
-        out = os.path.join(root, f"qc_{name}")
-        predictor.predict_from_files(images, segs, out)
-        result = evaluate_predictions(out, refs, verbose=False)
-        rows.append((name, minutes, trainer.current_epoch * trainer.num_iterations_per_epoch, result))
+    for run in range(1, args.repeats + 1):
+        for name in args.trainers:
+            out, minutes, iterations = train_and_predict(root, name, run, args, images, segs)
+            label = name if args.repeats == 1 else f"{name} run {run}"
+            rows.append((label, minutes, iterations, evaluate_predictions(out, refs, verbose=False)))
     print(f"\nheld-out: {args.held_out} subjects x {args.per_case} candidates, phantoms {tuple(args.shape)}")
-    print(f"{'trainer':<24}{'minutes':>8}{'iters':>7}{'DSC r':>8}{'DSC MAE':>9}{'NSD r':>8}{'NSD MAE':>9}"
+    print(f"{'trainer':<30}{'minutes':>8}{'iters':>7}{'DSC r':>8}{'DSC MAE':>9}{'NSD r':>8}{'NSD MAE':>9}"
           f"{'DSC_SEM':>9}")
     for name, minutes, iterations, r in rows:
-        print(f"{name:<24}{minutes:>8.1f}{iterations:>7}{figure(r['dsc']['r'], 8)}{figure(r['dsc']['mae'], 9)}"
+        print(f"{name:<30}{minutes:>8.1f}{iterations:>7}{figure(r['dsc']['r'], 8)}{figure(r['dsc']['mae'], 9)}"
               f"{figure(r['nsd']['r'], 8)}{figure(r['nsd']['mae'], 9)}{figure(r['dsc_sem'].get('mean'), 9)}")
     for name, _, _, r in rows:  # calibrated decisions (from fold 0's out-of-fold predictions, when it has them)
         print(f"\n{name}:")

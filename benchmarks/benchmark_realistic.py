@@ -40,7 +40,8 @@ EVALUATION_SUBSETS, EVALUATION_SNAPSHOTS = ["FLAIR", "T1", "T2"], ("50%", "100%"
 # name -> (degradation families, trainer, nnU-Net candidates); every trainer runs on the same fixed schedule.
 # nnU-Net candidates: "snapshots" (T1ce out of fold at 20/50/100 %, as nnQC_make_candidates makes them),
 # "harvested" (only the final models' out-of-fold segmentations, read through nnQC_convert --nnunet_model from
-# the model folder nnU-Net leaves: what a user has for free) or "none"
+# the model folder nnU-Net leaves: what a user has for free) or "none". Variants with the same families and
+# candidates train on one QC dataset (the first's), so that they differ in the trainer only.
 VARIANTS = {
     "classic": (["classic"], "nnQCTrainer_CPUDemo", "snapshots"),
     "boundary": (["all"], "nnQCTrainer_CPUDemo", "snapshots"),
@@ -49,7 +50,16 @@ VARIANTS = {
     "synthetic": (["classic"], "nnQCTrainer_CPUDemo", "none"),
     "boundary+margin": (["all"], "nnQCTrainer_MarginRankingLoss", "snapshots"),
     "classic+topbins": (["classic"], "nnQCTrainer_TopBins", "snapshots"),
+    "classic+pearson": (["classic"], "nnQCTrainer_PearsonLoss", "snapshots"),
+    "classic+margin": (["classic"], "nnQCTrainer_MarginRankingLoss", "snapshots"),
 }
+
+
+def qc_dataset_id(name: str) -> int:
+    """The QC dataset a variant trains on: that of the first variant with its families and candidates."""
+    families, _, candidates = VARIANTS[name]
+    first = next(n for n, (f, _, c) in VARIANTS.items() if (f, c) == (families, candidates))
+    return SOURCE_ID + 1 + list(VARIANTS).index(first)
 
 
 def use_roots(root: str) -> None:
@@ -195,7 +205,11 @@ def run_variant(name: str, qc_id: int, training_folders: list[str], inputs: tupl
     convert_dataset(SOURCE_ID, qc_id, candidate_folders=training_folders if candidates == "snapshots" else (),
                     num_seggen=3, num_degradations=12, num_processes=2, verbose=False, families=families,
                     nnunet_models=[harvestable_model(training_folders, root)] if candidates == "harvested" else ())
-    plan_and_preprocess([qc_id], num_processes=2)
+    preprocessed = os.path.join(root, "variants", f"preprocessed_{qc_id}.done")
+    if not os.path.isfile(preprocessed):  # a variant sharing the QC dataset reuses its preprocessing
+        plan_and_preprocess([qc_id], num_processes=2)
+        os.makedirs(os.path.dirname(preprocessed), exist_ok=True)
+        open(preprocessed, "w").close()
     model_folder, seconds, done_iterations = train_variant(qc_id, trainer_name, epochs, iterations)
     outputs = {}
     for tta in (False, True) if with_tta else (False,):
@@ -238,7 +252,7 @@ def main() -> None:
         except Exception as e:  # the plot must not cost the variants' hours: said, and the run goes on
             print(f"family plot failed: {type(e).__name__}: {e}", flush=True)
         for name in args.variants:
-            result = run_variant(name, SOURCE_ID + 1 + list(VARIANTS).index(name), training_folders, inputs[:3],
+            result = run_variant(name, qc_dataset_id(name), training_folders, inputs[:3],
                                  root, args.epochs, args.iterations,
                                  args.tta_variants is None or name in args.tta_variants)
             print(f"{name}: trained {result['iterations']} iterations in {result['training_seconds'] / 60:.1f} min",

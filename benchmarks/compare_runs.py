@@ -3,10 +3,14 @@ coverage, AURC and the mean error above true DSC 0.85, each with a 95 % bootstra
 paired difference to the first run (the same draws for every run).
 
     python benchmarks/compare_runs.py RUN [RUN ...] [--subject_pattern REGEX] [--names NAME ...]
+                                      [--groups GROUP ...]
 
 Each RUN is an nnQC_predict output folder evaluated by nnQC_evaluate (its qc_evaluation.csv). A case's subject is
 the first group of --subject_pattern matched against its name (default: the name without its last "_part", as
-benchmark_learning.py names its candidates), so that a subject's candidates are drawn together.
+benchmark_learning.py names its candidates), so that a subject's candidates are drawn together. --groups gives
+each run a group (e.g. before before before after after after, from benchmark_learning.py --repeats 3): per group
+the mean of every figure over its runs and their standard deviation, the run-to-run spread of training, and the
+difference of the groups' means.
 """
 import argparse
 import os
@@ -14,7 +18,7 @@ import re
 import sys
 
 import pandas as pd
-from realistic_figures import REPEATS, bootstrap_draws, paired_figures
+from realistic_figures import REPEATS, bootstrap_draws, group_figures, paired_figures
 
 
 def read_runs(runs: list[str], names: list[str], subject_pattern: str) -> dict[str, pd.DataFrame]:
@@ -48,15 +52,21 @@ def main() -> None:
     parser.add_argument("--names", nargs="+", default=None, help="a name per run (default: the folder names)")
     parser.add_argument("--subject_pattern", default=r"(.+)_[^_]+",
                         help="regular expression whose first group is a case's subject (default %(default)s)")
+    parser.add_argument("--groups", nargs="+", default=None, help="a group per run: figures per group over its runs")
     args = parser.parse_args()
     names = args.names or [os.path.basename(os.path.normpath(r)) for r in args.runs]
     if len(names) != len(args.runs) or len(set(names)) != len(names):
         parser.error("--names needs one distinct name per run")
+    if args.groups is not None and len(args.groups) != len(args.runs):
+        parser.error("--groups needs one group per run")
     tables = read_runs(args.runs, names, args.subject_pattern)
     first = next(iter(tables.values()))
     print(f"{len(first)} cases of {first['subject'].nunique()} subjects; 95 % intervals from {REPEATS} bootstrap "
           f"draws of the subjects; 'vs {names[0]}': paired difference")
-    lines, _ = paired_figures(tables, bootstrap_draws(first["subject"].to_numpy()))
+    draws = bootstrap_draws(first["subject"].to_numpy())
+    lines, _ = paired_figures(tables, draws)
+    if args.groups is not None:
+        lines += group_figures(tables, args.groups, draws)
     for line in lines:
         print(line)
 

@@ -116,27 +116,61 @@ def _interval(values: list[float]) -> tuple[float, float]:
     return float(low), float(high)
 
 
+def figure_draws(tables: dict[str, pd.DataFrame], draws: list[np.ndarray]) -> dict[str, dict[str, tuple]]:
+    """Per run and figure: its value on all cases and its values on every bootstrap draw (an array)."""
+    result = {}
+    for name, table in tables.items():
+        columns = columns_of(table)
+        result[name] = {figure: (function(columns), np.array([function(_take(columns, i)) for i in draws]))
+                        for figure, function in FIGURES.items()}
+    return result
+
+
 def paired_figures(tables: dict[str, pd.DataFrame], draws: list[np.ndarray]) -> tuple[list[str], dict]:
     """Every figure of every run with its bootstrap interval and, after the first run, the paired difference to
     it over the same draws. The tables hold the same cases in the same order."""
-    first_name, first = next(iter(tables.items()))
+    values = figure_draws(tables, draws)
+    first_name = next(iter(values))
     lines, summary = [], {}
-    first_columns = columns_of(first)
-    for name, table in tables.items():
+    for name, figures in values.items():
         lines.append(f"\n{name}:")
         summary[name] = {}
-        columns = columns_of(table)
-        for figure, function in FIGURES.items():
-            value = function(columns)
-            values = [function(_take(columns, i)) for i in draws]
-            line = f"  {figure:<15}{value:>8.3f}  [{_interval(values)[0]:.3f}, {_interval(values)[1]:.3f}]"
+        for figure, (value, drawn) in figures.items():
+            low, high = _interval(drawn)
+            line = f"  {figure:<15}{value:>8.3f}  [{low:.3f}, {high:.3f}]"
             if name != first_name:
-                difference = [v - function(_take(first_columns, i)) for v, i in zip(values, draws)]
-                low, high = _interval(difference)
-                line += f"   vs {first_name} {value - function(first_columns):+.3f} [{low:+.3f}, {high:+.3f}]"
+                first_value, first_drawn = values[first_name][figure]
+                d_low, d_high = _interval(drawn - first_drawn)
+                line += f"   vs {first_name} {value - first_value:+.3f} [{d_low:+.3f}, {d_high:+.3f}]"
             lines.append(line)
-            summary[name][figure] = {"value": value, "interval": _interval(values)}
+            summary[name][figure] = {"value": value, "interval": (low, high)}
     return lines, summary
+
+
+def group_figures(tables: dict[str, pd.DataFrame], groups: list[str], draws: list[np.ndarray]) -> list[str]:
+    """Runs grouped (e.g. repeated trainings of one code version): per group and figure the mean over its runs and
+    their standard deviation (the run-to-run spread of training), and after the first group the difference of the
+    means with its 95 % subject-bootstrap interval (the runs' means over the same draws)."""
+    values = figure_draws(tables, draws)
+    names = list(values)
+    order = list(dict.fromkeys(groups))
+    members = {g: [n for n, group in zip(names, groups) if group == g] for g in order}
+    lines = ["\nby group: mean over runs, run-to-run standard deviation (n runs)"
+             + "".join(f"; {g} - {order[0]}: difference of means [95 % interval]" for g in order[1:])]
+    for figure in FIGURES:
+        cells, means = [], {}
+        for g in order:
+            runs = np.array([values[n][figure][0] for n in members[g]], dtype=float)
+            means[g] = np.mean([values[n][figure][1] for n in members[g]], axis=0)
+            spread = f"{np.std(runs, ddof=1):.3f}" if len(runs) > 1 else "n/a"
+            cells.append(f"{g} {np.mean(runs):.3f} sd {spread} ({len(runs)})")
+        for g in order[1:]:
+            difference = np.mean([values[n][figure][0] for n in members[g]]) - np.mean(
+                [values[n][figure][0] for n in members[order[0]]])
+            low, high = _interval(means[g] - means[order[0]])
+            cells.append(f"{g} - {order[0]} {difference:+.3f} [{low:+.3f}, {high:+.3f}]")
+        lines.append(f"  {figure:<15}" + "   ".join(cells))
+    return lines
 
 
 def report(root: str, cases: pd.DataFrame) -> list[str]:
