@@ -1,7 +1,7 @@
 """Wall time per case of nnQC prediction at BraTS size on the CPU, fp32 and bf16 side by side, for one fold and for
 a fold ensemble, with the peak memory of each and the cost of each stage of a case.
 
-    python benchmarks/benchmark_predict.py [--cases 3] [--folds 5] [--threads 2] [--subjects 3]
+    python benchmarks/benchmark_predict.py [--cases 3] [--folds 5] [--threads 2] [--subjects 3] [--disable_tta]
 
 Everything lives in a temporary folder with nnUNet_raw/preprocessed/results pointing there: a phantom source
 dataset (240 x 240 x 155 at 1 mm) with --subjects training subjects and --cases cases to assess, converted to
@@ -10,6 +10,8 @@ with randomly initialised QCResUNet weights (a different seed per fold), which c
 ones. Times exclude loading the model and include, per case, reading the images and the segmentation,
 preprocessing, the forward passes, the SEM restoration to the input geometry and writing every output.
 bf16 is nnQC_predict's default on CPUs with native bf16 (AMX, AVX-512 BF16) and is skipped, saying so, elsewhere.
+The folds may mirror all three axes, as trained ones do, so the cases are predicted with nnQC_predict's default
+test-time mirroring (8 forward passes per fold) unless --disable_tta.
 
 Two ways to run the cases:
 - sequential: each case alone through nnQCPredictor.predict_from_files, no helper processes or threads:
@@ -97,7 +99,8 @@ def write_untrained_model(dataset_name: str, num_folds: int,
                                  architecture["_kw_requires_import"])
         os.makedirs(os.path.join(folder, f"fold_{fold}"))
         torch.save({"network_weights": network.state_dict(), "trainer_name": TRAINER,
-                    "init_args": {"configuration": CONFIGURATION}, "current_epoch": 0},
+                    "init_args": {"configuration": CONFIGURATION}, "current_epoch": 0,
+                    "inference_allowed_mirroring_axes": (0, 1, 2)},
                    os.path.join(folder, f"fold_{fold}", "checkpoint_final.pth"))
     return folder
 
@@ -216,6 +219,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2, help="torch threads")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--no_pipelined", action="store_true", help="skip the pipelined runs")
+    parser.add_argument("--disable_tta", action="store_true", help="no test-time mirroring (nnQC_predict's flag)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -241,13 +245,14 @@ def main() -> None:
         for precision in precisions:
             predictors[precision] = {}
             for folds in ((0,), tuple(range(args.folds))):
-                predictor = nnQCPredictor(torch.device("cpu"), allow_tqdm=False, fp32=precision == "fp32")
+                predictor = nnQCPredictor(torch.device("cpu"), allow_tqdm=False, fp32=precision == "fp32",
+                                          use_mirroring=not args.disable_tta)
                 predictor.initialize_from_trained_model_folder(folder, folds)
                 assert predictor.precision == precision, (predictor.precision, precision)
                 predictors[precision][len(folds)] = predictor
 
         print(f"\n{len(cases)} cases of 4 x 240 x 240 x 155 at 1 mm, network input {EXPECTED_INPUT_SHAPE}, "
-              f"CPU, {args.threads} threads"
+              f"CPU, {args.threads} threads, test-time mirroring {'off' if args.disable_tta else 'on (8 passes)'}"
               + ("" if "bf16" in precisions else "; bf16 not run: this CPU has no native bf16"), flush=True)
         warm_up = time_sequential(predictors["fp32"][1], dict(list(folders.items())[:1]),
                                   os.path.join(outputs, "warm_up"))

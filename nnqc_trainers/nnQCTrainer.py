@@ -30,6 +30,7 @@ from nnqc.calibration.fold_coverage import write_fold_coverage
 from nnqc.checkpoint_files import load_checkpoint
 from nnqc.cpu_features import cpu_has_native_bf16
 from nnqc.evaluation.qc_metrics import regression_summary
+from nnqc.inference.forward import mirrored_forward
 from nnqc.metrics.regions import get_regions
 from nnqc.network_architecture.build import build_network
 from nnqc.network_architecture.inputs import network_input
@@ -99,6 +100,9 @@ class nnQCTrainer(nnUNetTrainer):
         self.ranking_loss_weight = 0.0
         # interior DSC-bin edges that training batches are balanced over (nnqc.sampling); None: 10 equal bins
         self.dsc_bin_edges: tuple[float, ...] | None = None
+        # the axes validation_step averages mirrorings over: the final validation's (nnQC_predict's default
+        # test-time mirroring, so that calibration sees predictions made as the ones it calibrates); none per epoch
+        self.validation_mirror_axes: tuple[int, ...] = ()
         self.grad_clip = 12.0
         self.enable_deep_supervision = False
         self.save_every = 1
@@ -356,7 +360,8 @@ class nnQCTrainer(nnUNetTrainer):
         loss covers the batch's real samples only (NaN for a batch of padding)."""
         with torch.no_grad():
             x, quality, sem_target = self._inputs(batch, train=False)
-            regression, sem_logits = self._run_network(self._unwrapped_network(), x)
+            regression, sem_logits = mirrored_forward(self._unwrapped_network(), x, self.validation_mirror_axes,
+                                                      self._autocast)
             real = torch.from_numpy(~np.asarray(batch[PADDING_COLUMN], dtype=bool)).to(self.device)
             loss = float("nan")
             if real.any():
@@ -485,12 +490,19 @@ class nnQCTrainer(nnUNetTrainer):
     def perform_actual_validation(self, save_probabilities: bool = False) -> dict | None:
         """Predict every validation sample of the fold and write validation/qc_predictions_all.csv (all of them:
         the out-of-fold predictions for calibration), qc_predictions.csv and summary.json (the balanced subset:
-        the reported figures); see nnqc.training.final_validation. Rank 0 returns the summary, the others None."""
+        the reported figures); see nnqc.training.final_validation. Each prediction is averaged over the mirrorings
+        of the axes the model may mirror at inference, as nnQC_predict does by default. Rank 0 returns the summary,
+        the others None."""
         samples = self.validation_samples()
-        predicted = self.predict_samples(samples)
+        axes = tuple(sorted(self.inference_allowed_mirroring_axes or ()))
+        self.validation_mirror_axes = axes
+        try:
+            predicted = self.predict_samples(samples)
+        finally:
+            self.validation_mirror_axes = ()
         if predicted is None:
             return None
         summary = write_final_validation(self.output_folder, samples, predicted, self.region_names, self.fold,
-                                         type(self).__name__)
+                                         type(self).__name__, axes)
         self.print_to_log_file(summary_line(summary))
         return summary

@@ -39,6 +39,7 @@ from nnqc.calibration.conformal import (
     minimum_calibration_samples,
 )
 from nnqc.calibration.recalibration import IsotonicMap, cross_fitted, identity_map, subject_groups
+from nnqc.training.final_validation import MIRRORING_COLUMN
 
 CALIBRATION_FILE = "calibration.json"
 OUT_OF_FOLD_PREDICTIONS = "validation/qc_predictions_all.csv"
@@ -120,6 +121,15 @@ def _mean_error_above(true_dsc: np.ndarray, predicted: np.ndarray, true: np.ndar
     return float(np.mean(predicted[high] - true[high])) if high.any() else None
 
 
+def predictions_mirroring(table: pd.DataFrame) -> str:
+    """The test-time mirroring all out-of-fold predictions were made with ("0 1 2", "none"), or "mixed"; files
+    written before qc_predictions_all.csv recorded it were made without mirroring."""
+    if MIRRORING_COLUMN not in table:
+        return "none"
+    labels = set(table[MIRRORING_COLUMN].fillna("none").astype(str))
+    return labels.pop() if len(labels) == 1 else "mixed"
+
+
 def build_calibration(model_folder: str, folds: Sequence[int] | None = None,
                       min_samples_per_bin: int = MIN_SAMPLES_PER_BIN) -> dict:
     """The calibration built from the given folds' out-of-fold predictions (default: every fold that has
@@ -130,7 +140,8 @@ def build_calibration(model_folder: str, folds: Sequence[int] | None = None,
     sources = [_source_record(model_folder, f) for f in folds]
     table = pd.concat([read_out_of_fold_predictions(join(model_folder, s["file"])).assign(fold=f)
                        for f, s in zip(folds, sources)], ignore_index=True)
-    return {"format_version": FORMAT_VERSION, "built_from": {"folds": folds, "sources": sources},
+    return {"format_version": FORMAT_VERSION,
+            "built_from": {"folds": folds, "sources": sources, "test_time_mirroring": predictions_mirroring(table)},
             **calibration_from_table(table, min_samples_per_bin),
             "samples_per_fold": {str(f): int((table["fold"] == f).sum()) for f in folds}}
 
@@ -293,6 +304,11 @@ class Calibration:
     @property
     def folds(self) -> list[int]:
         return list(self.data["built_from"]["folds"])
+
+    @property
+    def mirroring(self) -> str:
+        """The test-time mirroring of the predictions it was built from (see predictions_mirroring)."""
+        return str(self.data["built_from"].get("test_time_mirroring", "none"))
 
     def point(self, metric: str, predicted: Sequence[float]) -> np.ndarray:
         """The recalibrated prediction (unchanged with recalibrate=False)."""

@@ -62,6 +62,7 @@ from nnqc.preprocessing.cropping import Window, foreground_window
 from nnqc.preprocessing.plans_manager import nnQCPlansManager
 from nnqc.preprocessing.preprocessor import nnQCPreprocessor
 from nnqc.preprocessing.qc_dataset import QCDatasetError
+from nnqc.training.final_validation import mirroring_label
 
 DEFAULT_FLAG_BELOW = 0.7
 
@@ -70,13 +71,14 @@ class nnQCPredictor:
     """Load a trained nnQC model folder, then predict from files (nnQC_predict) or from numpy arrays."""
 
     def __init__(self, device: torch.device = torch.device("cuda"), verbose: bool = False, allow_tqdm: bool = True,
-                 fp32: bool = False, use_mirroring: bool = False,
+                 fp32: bool = False, use_mirroring: bool = True,
                  num_worst_slices: int = DEFAULT_NUM_WORST_SLICES):
         """fp32: full precision everywhere; otherwise the forward passes run under CUDA's autocast on a GPU and
         bf16 autocast on CPUs that compute bf16 natively (about twice as fast, outputs within 0.01).
         use_mirroring: test-time mirroring over the axes the model was trained to mirror (8 forward passes per
-        fold instead of 1). num_worst_slices: per case and region, how many slices with the most predicted error
-        the summary lists (nnqc.inference.worst_slices)."""
+        fold instead of 1), as nnUNetPredictor and as the final validation that calibrates the model; it ranks
+        real segmenters' outputs better (documentation/benchmarks.md). num_worst_slices: per case and region, how
+        many slices with the most predicted error the summary lists (nnqc.inference.worst_slices)."""
         self.device, self.verbose, self.allow_tqdm = device, verbose, allow_tqdm
         self.use_mirroring = use_mirroring
         self.ensemble_members: list[str] = []
@@ -143,8 +145,29 @@ class nnQCPredictor:
                                                                            recalibrate)
 
     def calibration_warnings(self, alpha: float) -> list[str]:
-        """The Mondrian bins whose calibration samples are too few for a finite interval at 1 - alpha."""
-        return self.calibration.shortfall(alpha) if self.calibration is not None else []
+        """The Mondrian bins whose calibration samples are too few for a finite interval at 1 - alpha, and a
+        calibration made from predictions mirrored otherwise than these."""
+        if self.calibration is None:
+            return []
+        mismatch = self.mirroring_mismatch()
+        return ([mismatch] if mismatch else []) + self.calibration.shortfall(alpha)
+
+    def mirroring_mismatch(self) -> str | None:
+        """Why the calibration may not fit: its out-of-fold predictions were mirrored otherwise than these are."""
+        made, used = self.calibration.mirroring, mirroring_label(self.mirror_axes)
+        if made == used:
+            return None
+
+        def how(label: str) -> str:
+            return ("without test-time mirroring" if label == "none" else
+                    "with test-time mirroring in some folds only" if label == "mixed" else
+                    f"with test-time mirroring over axes {label}")
+
+        remedy = ("without --disable_tta they would be" if used == "none" else
+                  "--disable_tta predicts as they were made, or nnQC_train DATASET CONFIGURATION FOLD --val "
+                  "validates the folds again with mirroring")
+        return (f"its out-of-fold predictions were made {how(made)}, these {how(used)}, so its recalibration and "
+                f"intervals may not fit them ({remedy})")
 
     # ---- preprocessing ------------------------------------------------------------------------------------------
     def preprocess_arrays(self, images: np.ndarray, segmentation: np.ndarray, properties: dict, name: str = "case"

@@ -119,9 +119,10 @@ def predict_entry() -> None:
     parser.add_argument("--fp32", action="store_true",
                         help="full precision: no bf16 autocast on CPUs with native bf16 (AMX, AVX-512 BF16) and no "
                              "mixed precision on a GPU")
-    parser.add_argument("--tta", action="store_true",
-                        help="test-time mirroring over the axes the model was trained to mirror: 8 forward passes "
-                             "per fold instead of 1 (off by default: see the benchmarks page for what it changed)")
+    parser.add_argument("--disable_tta", action="store_true",
+                        help="no test-time mirroring (default: averaged over the mirrorings of the axes the model "
+                             "was trained to mirror, 8 forward passes per fold, as its final validation was made): "
+                             "8 x faster, ranks real segmentations worse (see the benchmarks page)")
     parser.add_argument("--ensemble_members", nargs="+", default=[], metavar="DIR",
                         help="folders of your segmenter's ensemble members, each with a segmentation of every case "
                              "(e.g. nnUNetv2_predict ... -f N per fold): their mean pairwise DSC (ensemble "
@@ -155,7 +156,8 @@ def predict_entry() -> None:
     nps = (1 if on_cpu else 2) if args.nps is None else args.nps
     if args.worst_slices < 1:
         parser.error("--worst_slices must be at least 1")
-    predictor = nnQCPredictor(device, fp32=args.fp32, use_mirroring=args.tta, num_worst_slices=args.worst_slices)
+    predictor = nnQCPredictor(device, fp32=args.fp32, use_mirroring=not args.disable_tta,
+                              num_worst_slices=args.worst_slices)
     try:
         folder = args.m if args.m is not None else model_folder(
             args.d, args.tr or "nnQCTrainer", args.p or DEFAULT_PLANS_NAME, args.c or "3d_fullres")
