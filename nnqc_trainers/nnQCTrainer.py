@@ -27,14 +27,13 @@ from torch import distributed as dist
 from torch.nn.parallel import DistributedDataParallel
 
 from nnqc.calibration.fold_coverage import write_fold_coverage
-from nnqc.checkpoint_files import load_checkpoint
 from nnqc.cpu_features import cpu_has_native_bf16
 from nnqc.evaluation.qc_metrics import regression_summary
 from nnqc.inference.forward import mirrored_forward
 from nnqc.metrics.regions import get_regions
 from nnqc.network_architecture.build import build_network
 from nnqc.network_architecture.inputs import network_input
-from nnqc.network_architecture.regression_outputs import regression_output_count, regression_outputs_in_weights
+from nnqc.network_architecture.regression_outputs import regression_output_count
 from nnqc.preprocessing.plans_manager import nnQCPlansManager
 from nnqc.qc_data.targets_table import read_targets, target_value_columns
 from nnqc.sampling import balanced_subset
@@ -50,6 +49,7 @@ from nnqc.training.qc_inputs import sem_targets
 from nnqc.training.transforms import qc_training_transforms
 from nnqc.training.validation_shards import PADDING_COLUMN, gather_outputs, shard_for_rank
 from nnqc.trusted_classes import import_object
+from nnqc_trainers.checkpoint_restore import CheckpointRestore
 
 
 def sem_dice_per_sample(sem_logits: torch.Tensor, sem_target: torch.Tensor) -> torch.Tensor:
@@ -61,7 +61,7 @@ def sem_dice_per_sample(sem_logits: torch.Tensor, sem_target: torch.Tensor) -> t
     return torch.where(total > 0, 2 * overlap / total.clamp(min=1), torch.ones_like(total))
 
 
-class nnQCTrainer(nnUNetTrainer):
+class nnQCTrainer(CheckpointRestore, nnUNetTrainer):
     """Paper defaults: Adam, lr 2.1e-4, weight decay 1e-4, batch 4 (plans), 100 epochs, lr × 0.9 per epoch down
     to 1e-6, λ = 1. An epoch is one pass over the fold's balanced training samples (the training samples
     resampled to equal DSC-bin counts): their number divided by the batch size, as the paper's 98 048 samples
@@ -427,46 +427,6 @@ class nnQCTrainer(nnUNetTrainer):
         if self._best_score is None:
             self.print_to_log_file(f"WARNING: {self.best_checkpoint_metric} was never finite, so no "
                                    f"checkpoint_best.pth was written; use checkpoint_final.pth")
-
-    def load_checkpoint(self, filename_or_checkpoint) -> None:
-        """Restore what nnU-Net's save_checkpoint stored, reading a file as data only (nnqc.checkpoint_files);
-        nnU-Net's own load_checkpoint unpickles with weights_only=False and accepts only a file name."""
-        if not self.was_initialized:
-            self.initialize()
-        checkpoint = (load_checkpoint(filename_or_checkpoint, self.device)
-                      if isinstance(filename_or_checkpoint, str) else filename_or_checkpoint)
-        self._match_regression_outputs(checkpoint["network_weights"])
-        network = self._unwrapped_network()
-        network = getattr(network, "_orig_mod", network)  # a torch.compile'd network holds the module inside
-        own_keys = network.state_dict().keys()
-        network.load_state_dict({key[len("module."):] if key not in own_keys and key.startswith("module.") else key:
-                                 value for key, value in checkpoint["network_weights"].items()})
-        self.my_init_kwargs = checkpoint["init_args"]
-        self.current_epoch = checkpoint["current_epoch"]
-        self.logger.load_checkpoint(checkpoint["logging"])
-        self._best_ema = checkpoint["_best_ema"]
-        self.inference_allowed_mirroring_axes = checkpoint.get("inference_allowed_mirroring_axes",
-                                                               self.inference_allowed_mirroring_axes)
-        self.optimizer.load_state_dict(checkpoint["optimizer_state"])
-        if self.grad_scaler is not None and checkpoint["grad_scaler_state"] is not None:
-            self.grad_scaler.load_state_dict(checkpoint["grad_scaler_state"])
-        self._best_score = self._best_ema
-
-    def _match_regression_outputs(self, weights: dict) -> None:
-        """A checkpoint trained before per-region outputs (2 regression outputs) gets a network with that head,
-        and a fresh optimizer for it, so that it validates and predicts as it did (without per-region values)."""
-        saved = regression_outputs_in_weights(weights)
-        network = self._unwrapped_network()
-        if saved is None or saved == getattr(network, "num_regression_outputs", saved):
-            return
-        if network is not self.network or hasattr(network, "_orig_mod"):
-            raise RuntimeError(f"the checkpoint has {saved} regression outputs, the network "
-                               f"{network.num_regression_outputs}; load it without DDP or torch.compile")
-        self.print_to_log_file(f"the checkpoint has {saved} regression outputs (a model trained before per-region "
-                               f"outputs): it has no per-region DSC/NSD")
-        self.network = self.build_qc_network(self.plans_manager, self.configuration_manager, saved).to(self.device)
-        instance_norms_in_fp32(self.network)
-        self.optimizer, self.lr_scheduler = self.configure_optimizers()
 
     # ---- final validation ---------------------------------------------------------------------------------------
     def predict_samples(self, samples: pd.DataFrame) -> pd.DataFrame:
