@@ -9,6 +9,8 @@ import pandas as pd
 import pytest
 import torch
 from batchgenerators.utilities.file_and_folder_operations import join, load_json
+from conftest import QC_ID
+from helpers import use_nnunet_folders
 from test_region_predict import model_source
 from torch import nn
 
@@ -16,7 +18,9 @@ from nnqc.calibration.calibration_file import OUT_OF_FOLD_PREDICTIONS, predictio
 from nnqc.checkpoint_files import load_checkpoint
 from nnqc.inference.forward import mirrored_forward, mirrorings
 from nnqc.inference.predictor import nnQCPredictor
+from nnqc.run.train import get_trainer
 from nnqc.training.final_validation import mirroring_label
+from nnqc_trainers.nnQCTrainer_schedules import nnQCTrainer_2epochs
 
 
 class OrientedNetwork(nn.Module):
@@ -59,11 +63,9 @@ def test_calibration_records_how_its_out_of_fold_predictions_were_mirrored():
     assert predictions_mirroring(pooled) == "mixed"
 
 
-def validation_sample_inputs(trained_pipeline, folder: Path) -> tuple[str, str, pd.Series]:
-    """One of fold 0's validation samples as nnQC_predict's inputs (its subject's images, its candidate), with its
-    row of the fold's out-of-fold predictions."""
-    table = pd.read_csv(join(model_source(trained_pipeline), "fold_0", OUT_OF_FOLD_PREDICTIONS),
-                        dtype={"sample": str, "subject": str})
+def validation_sample_inputs(trained_pipeline, table: pd.DataFrame, folder: Path) -> tuple[str, str, pd.Series]:
+    """One of a fold's validation samples as nnQC_predict's inputs (its subject's images, its candidate), with its
+    row of the fold's out-of-fold predictions (`table`)."""
     row = table.iloc[len(table) // 2]
     images, segs = folder / "images", folder / "segs"
     images.mkdir()
@@ -76,22 +78,35 @@ def validation_sample_inputs(trained_pipeline, folder: Path) -> tuple[str, str, 
     return str(images), str(segs), row
 
 
-def test_final_validation_mirrors_as_predict_does_and_a_mismatch_is_said(trained_pipeline, tmp_path):
+def test_final_validation_mirrors_as_predict_does_and_a_mismatch_is_said(trained_pipeline, tmp_path, monkeypatch):
     """The out-of-fold predictions that calibrate a model are made as nnQC_predict makes its own by default
-    (averaged over the mirrorings of the axes the model was trained to mirror), recorded in the validation tables
-    and the calibration; predicting otherwise, or with a model validated before, is said."""
+    (averaged over the mirrorings of the axes the model allows), recorded in the validation tables and the
+    calibration; predicting otherwise, or with a model validated before, is said. The tests' trainer allows no
+    mirroring (one pass); a copy of its model whose checkpoint allows all three axes is validated again."""
     source = model_source(trained_pipeline)
-    axes = load_checkpoint(join(source, "fold_0", "checkpoint_final.pth"))["inference_allowed_mirroring_axes"]
-    assert sorted(axes) == [0, 1, 2]  # a 3D model with mirroring augmentation
+    assert load_checkpoint(join(source, "fold_0", "checkpoint_final.pth"))["inference_allowed_mirroring_axes"] is None
+    assert set(pd.read_csv(join(source, "fold_0", OUT_OF_FOLD_PREDICTIONS))["test_time_mirroring"]) == {"none"}
+    results = tmp_path / "results"
+    model = results / "Dataset701_PhantomQC" / os.path.basename(source)
+    shutil.copytree(source, model, ignore=shutil.ignore_patterns("calibration.json"))
     for fold in (0, 1):
-        table = pd.read_csv(join(source, f"fold_{fold}", OUT_OF_FOLD_PREDICTIONS))
-        assert set(table["test_time_mirroring"]) == {"0 1 2"}
-        assert load_json(join(source, f"fold_{fold}", "validation", "summary.json"))["test_time_mirroring"] == [0, 1, 2]
-    images, segs, row = validation_sample_inputs(trained_pipeline, tmp_path)
+        path = join(model, f"fold_{fold}", "checkpoint_final.pth")
+        checkpoint = load_checkpoint(path)
+        checkpoint["inference_allowed_mirroring_axes"] = (0, 1, 2)
+        torch.save(checkpoint, path)
+    use_nnunet_folders(monkeypatch, nnUNet_raw=trained_pipeline.raw, nnUNet_results=results,
+                       nnUNet_preprocessed=trained_pipeline.preprocessed)
+    trainer = get_trainer(QC_ID, "3d_fullres", 0, nnQCTrainer_2epochs, device=torch.device("cpu"))
+    trainer.load_checkpoint(join(trainer.output_folder, "checkpoint_final.pth"))
+    trainer.perform_actual_validation()
+    table = pd.read_csv(join(model, "fold_0", OUT_OF_FOLD_PREDICTIONS), dtype={"sample": str, "subject": str})
+    assert set(table["test_time_mirroring"]) == {"0 1 2"}
+    assert load_json(join(model, "fold_0", "validation", "summary.json"))["test_time_mirroring"] == [0, 1, 2]
+    images, segs, row = validation_sample_inputs(trained_pipeline, table, tmp_path)
     predicted = {}
     for mirroring in (True, False):
         predictor = nnQCPredictor(torch.device("cpu"), allow_tqdm=False, use_mirroring=mirroring)
-        predictor.initialize_from_trained_model_folder(source, (0,))
+        predictor.initialize_from_trained_model_folder(str(model), (0,))
         assert predictor.calibration.mirroring == "0 1 2"
         warnings = [w for w in predictor.calibration_warnings(0.1) if "mirroring" in w]
         if mirroring:
@@ -104,14 +119,17 @@ def test_final_validation_mirrors_as_predict_does_and_a_mismatch_is_said(trained
     # same mirrorings; bf16 CPUs run both in bf16)
     assert predicted[True].loc[row["sample"], "predicted_dsc"] == pytest.approx(row["predicted_dsc"], abs=0.02)
     assert predicted[True].loc[row["sample"], "predicted_nsd"] == pytest.approx(row["predicted_nsd"], abs=0.02)
-    # a model validated before the final validation mirrored: its predictions lack the column
-    old = tmp_path / os.path.basename(source)
-    shutil.copytree(source, old, ignore=shutil.ignore_patterns("calibration.json"))
+    # fold 1 still holds predictions made without mirroring: the folds differ
+    predictor = nnQCPredictor(torch.device("cpu"), allow_tqdm=False)
+    predictor.initialize_from_trained_model_folder(str(model), (0, 1))
+    assert predictor.calibration.mirroring == "mixed"
+    assert "with test-time mirroring in some folds only" in predictor.calibration_warnings(0.1)[0]
+    # a model validated before the final validation recorded mirroring: its predictions lack the column
     for fold in (0, 1):
-        path = join(old, f"fold_{fold}", OUT_OF_FOLD_PREDICTIONS)
+        path = join(model, f"fold_{fold}", OUT_OF_FOLD_PREDICTIONS)
         pd.read_csv(path).drop(columns="test_time_mirroring").to_csv(path, index=False)
     predictor = nnQCPredictor(torch.device("cpu"), allow_tqdm=False)
-    predictor.initialize_from_trained_model_folder(str(old), (0, 1))
+    predictor.initialize_from_trained_model_folder(str(model), (0, 1))
     assert predictor.calibration.mirroring == "none"
     warning = predictor.calibration_warnings(0.1)[0]
     assert "made without test-time mirroring, these with test-time mirroring over axes 0 1 2" in warning
