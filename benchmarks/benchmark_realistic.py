@@ -9,8 +9,9 @@ BraTS-like phantoms (the demo's size): 40 training subjects and 20 held-out ones
     the training subjects) segment the held-out subjects at 50 % and 100 % of their training: 3 x 2 x 3 = 18
     segmentations of each of the 20 subjects, 360 in all. The 3 folds of one (segmenter, snapshot) are an
     ensemble: their mean pairwise DSC is the ensemble-agreement baseline (nnqc.metrics.agreement).
-Each variant trains QCResUNet on fold 0 with one fixed schedule (nnQCTrainer_CPUDemo's, --epochs x --iterations)
-and predicts all 360 cases, with and without test-time mirroring. Everything is kept under --keep and resumes:
+Each variant trains QCResUNet on fold 0 with one fixed schedule (nnQCTrainer_CPUDemo's, --epochs x --iterations;
+classic+2x twice the iterations, to show what training length alone buys) and predicts all 360 cases, with and
+without test-time mirroring. Everything is kept under --keep and resumes:
 a rerun skips the segmenters, conversions and trainings that are done, so variants can be added later.
 Figures (realistic_figures.py): Pearson and Spearman r, MAE, mean error above true DSC 0.85 (raw and
 recalibrated), DSC_SEM, interval coverage, AURC beside optimal and random, each with a 95 % bootstrap interval
@@ -37,7 +38,8 @@ SOURCE_ID = 820
 SEGMENTER = "nnUNetTrainer_10epochs_25iterations"
 TRAINING_SUBSETS, TRAINING_SNAPSHOTS = ["T1ce"], ("20%", "50%", "100%")
 EVALUATION_SUBSETS, EVALUATION_SNAPSHOTS = ["FLAIR", "T1", "T2"], ("50%", "100%")
-# name -> (degradation families, trainer, nnU-Net candidates); every trainer runs on the same fixed schedule.
+# name -> (degradation families, trainer, nnU-Net candidates); every trainer runs on the same fixed schedule
+# (but those in SCHEDULE_FACTORS).
 # nnU-Net candidates: "snapshots" (T1ce out of fold at 20/50/100 %, as nnQC_make_candidates makes them),
 # "harvested" (only the final models' out-of-fold segmentations, read through nnQC_convert --nnunet_model from
 # the model folder nnU-Net leaves: what a user has for free) or "none". Variants with the same families and
@@ -52,7 +54,11 @@ VARIANTS = {
     "classic+topbins": (["classic"], "nnQCTrainer_TopBins", "snapshots"),
     "classic+pearson": (["classic"], "nnQCTrainer_PearsonLoss", "snapshots"),
     "classic+margin": (["classic"], "nnQCTrainer_MarginRankingLoss", "snapshots"),
+    "classic+2x": (["classic"], "nnQCTrainer_CPUDemo", "snapshots"),
 }
+# Variants trained off the common schedule, to see what training length alone buys: name -> factor on the
+# iterations per epoch (the learning-rate decay per iteration stays). Their models live in their own results folder.
+SCHEDULE_FACTORS = {"classic+2x": 2}
 
 
 def qc_dataset_id(name: str) -> int:
@@ -210,7 +216,14 @@ def run_variant(name: str, qc_id: int, training_folders: list[str], inputs: tupl
         plan_and_preprocess([qc_id], num_processes=2)
         os.makedirs(os.path.dirname(preprocessed), exist_ok=True)
         open(preprocessed, "w").close()
-    model_folder, seconds, done_iterations = train_variant(qc_id, trainer_name, epochs, iterations)
+    factor = SCHEDULE_FACTORS.get(name, 1)
+    results = os.environ["nnUNet_results"]
+    if factor != 1:  # same trainer, same QC dataset: only a results folder of its own keeps the models apart
+        os.environ["nnUNet_results"] = os.path.join(root, f"nnUNet_results_{factor}x")
+    try:
+        model_folder, seconds, done_iterations = train_variant(qc_id, trainer_name, epochs, iterations * factor)
+    finally:
+        os.environ["nnUNet_results"] = results
     outputs = {}
     for tta in (False, True) if with_tta else (False,):
         out = os.path.join(root, "variants", name + ("+tta" if tta else ""))

@@ -310,6 +310,24 @@ class Calibration:
         """The test-time mirroring of the predictions it was built from (see predictions_mirroring)."""
         return str(self.data["built_from"].get("test_time_mirroring", "none"))
 
+    def mirroring_mismatch(self, used: str) -> str | None:
+        """Why this calibration may not fit predictions mirrored as `used` says ("0 1 2", "none"): its own
+        out-of-fold predictions were mirrored otherwise."""
+        made = self.mirroring
+        if made == used:
+            return None
+
+        def how(label: str) -> str:
+            return ("without test-time mirroring" if label == "none" else
+                    "with test-time mirroring in some folds only" if label == "mixed" else
+                    f"with test-time mirroring over axes {label}")
+
+        remedy = ("without --disable_tta they would be" if used == "none" else
+                  "--disable_tta predicts as they were made, or nnQC_train DATASET CONFIGURATION FOLD --val "
+                  "validates the folds again with mirroring")
+        return (f"its out-of-fold predictions were made {how(made)}, these {how(used)}, so its recalibration and "
+                f"intervals may not fit them ({remedy})")
+
     def point(self, metric: str, predicted: Sequence[float]) -> np.ndarray:
         """The recalibrated prediction (unchanged with recalibrate=False)."""
         return np.clip(self.maps[metric](predicted), 0, 1)

@@ -149,25 +149,8 @@ class nnQCPredictor:
         calibration made from predictions mirrored otherwise than these."""
         if self.calibration is None:
             return []
-        mismatch = self.mirroring_mismatch()
+        mismatch = self.calibration.mirroring_mismatch(mirroring_label(self.mirror_axes))
         return ([mismatch] if mismatch else []) + self.calibration.shortfall(alpha)
-
-    def mirroring_mismatch(self) -> str | None:
-        """Why the calibration may not fit: its out-of-fold predictions were mirrored otherwise than these are."""
-        made, used = self.calibration.mirroring, mirroring_label(self.mirror_axes)
-        if made == used:
-            return None
-
-        def how(label: str) -> str:
-            return ("without test-time mirroring" if label == "none" else
-                    "with test-time mirroring in some folds only" if label == "mixed" else
-                    f"with test-time mirroring over axes {label}")
-
-        remedy = ("without --disable_tta they would be" if used == "none" else
-                  "--disable_tta predicts as they were made, or nnQC_train DATASET CONFIGURATION FOLD --val "
-                  "validates the folds again with mirroring")
-        return (f"its out-of-fold predictions were made {how(made)}, these {how(used)}, so its recalibration and "
-                f"intervals may not fit them ({remedy})")
 
     # ---- preprocessing ------------------------------------------------------------------------------------------
     def preprocess_arrays(self, images: np.ndarray, segmentation: np.ndarray, properties: dict, name: str = "case"
