@@ -36,8 +36,9 @@ import torch
 BRAIN_PATCH = (160, 192, 160)
 BATCH_SIZE = 4
 BRATS_REGIONS = ((1, 2, 3), (2, 3), (3,))
+# the dry run predicts without test-time mirroring: its 8 passes would only multiply the time (the tests check it)
 DRY_RUN = {"patch": (64, 64, 64), "phantom": (64, 72, 64), "batch": 2, "iterations": 2, "warmup": 1,
-           "subjects": 2, "workers": [1], "batches": 2, "cases": 1, "folds": 2,
+           "subjects": 2, "workers": [1], "batches": 2, "cases": 1, "folds": 2, "mirroring": False,
            "network": {"features_per_stage": (8, 16, 32, 64), "decoder_features": (32, 16, 16, 8),
                        "blocks_per_stage": (1, 1, 1, 1)}}
 
@@ -155,7 +156,8 @@ def loader_samples_per_second(folder: str, samples: pd.DataFrame, patch: tuple[i
 
 
 def prediction_seconds(device: torch.device, num_cases: int, num_folds: int, num_subjects: int,
-                       phantom_shape: tuple[int, ...] | None, base: str, seed: int) -> list[dict]:
+                       phantom_shape: tuple[int, ...] | None, base: str, seed: int,
+                       use_mirroring: bool = True) -> list[dict]:
     """nnQC_predict's seconds per case with untrained folds, 1 and num_folds folds, pipelined and sequential."""
     from benchmark_predict import (
         EXPECTED_INPUT_SHAPE,
@@ -177,7 +179,7 @@ def prediction_seconds(device: torch.device, num_cases: int, num_folds: int, num
     folders = one_folder_per_case(images, segmentations, [c.case for c in cases], os.path.join(base, "cases"))
     rows = []
     for folds in ((0,), tuple(range(num_folds))):
-        predictor = nnQCPredictor(device, allow_tqdm=False)
+        predictor = nnQCPredictor(device, allow_tqdm=False, use_mirroring=use_mirroring)
         predictor.initialize_from_trained_model_folder(folder, folds)
         output = os.path.join(base, f"predict_{len(folds)}")
         time_sequential(predictor, dict(list(folders.items())[:1]), output + "_warm_up")
@@ -185,7 +187,7 @@ def prediction_seconds(device: torch.device, num_cases: int, num_folds: int, num
         pipelined = time_pipelined(predictor, images, segmentations, output + "_pipelined", len(cases))
         rows.append({"folds": len(folds), "precision": predictor.precision, "pipelined_s_per_case": pipelined,
                      "sequential_s_per_case": statistics.mean(sequential), "cases": len(cases),
-                     "pipelined_settings": PIPELINED})
+                     "pipelined_settings": PIPELINED, "test_time_mirroring": list(predictor.mirror_axes)})
     return rows
 
 
@@ -324,12 +326,13 @@ def main() -> None:
                   f"{per_worker:.2f} samples/s each would keep up")
 
         cases, folds = dry.get("cases", args.cases), dry.get("folds", args.folds)
-        print(f"\nc) nnQC_predict: {cases} case(s) of 4 x {dry.get('phantom', '240x240x155')}, untrained folds",
-              flush=True)
+        mirroring = dry.get("mirroring", True)
+        print(f"\nc) nnQC_predict: {cases} case(s) of 4 x {dry.get('phantom', '240x240x155')}, untrained folds, "
+              + ("test-time mirroring (the default)" if mirroring else "no test-time mirroring"), flush=True)
         start = time.perf_counter()
         try:
             results["predict"] = prediction_seconds(device, cases, folds, 3, dry.get("phantom"),
-                                                    os.path.join(base, "predict"), args.seed)
+                                                    os.path.join(base, "predict"), args.seed, mirroring)
             print(f"   (set-up and runs {time.perf_counter() - start:.0f} s)")
             print(f"   {'folds':>6}{'precision':>15}{'s/case (defaults)':>19}{'s/case (one by one)':>21}")
             for row in results["predict"]:

@@ -32,11 +32,15 @@ def pytest_configure(config) -> None:
                                        f"(default {DEFAULT_TIME_LIMIT_S} s)")
 
 
-# The files that take longest (minutes on 2 cores, from --durations), longest first. They are collected first, so
-# that run_tests.sh's two workers (pytest-xdist, a file per worker at a time) start them early and finish together
-# instead of one worker starting a long file last. Within a file the order stays as written.
-LONGEST_FILES = ("test_make_candidates.py", "test_model_sharing.py", "test_predict.py", "test_training_ddp.py",
-                 "test_install.py", "test_bf16.py", "test_predict_calibration.py", "test_fuzz_inputs.py")
+# The files that take longest (seconds on 2 cores, from --durations), longest first. They are collected first and
+# run_tests.sh keeps that order (--no-loadscope-reorder; pytest-xdist would otherwise start the files with the most
+# tests first), so that its two workers start them early and finish together instead of one worker starting a long
+# file last. Within a file the order stays as written.
+LONGEST_FILES = ("test_make_candidates.py", "test_model_sharing.py", "test_bf16.py", "test_convert.py",
+                 "test_plan_and_preprocess.py", "test_predict_calibration.py", "test_fuzz_inputs.py", "test_predict.py",
+                 "test_training_ddp.py", "test_install.py", "test_training.py", "test_test_time_mirroring.py",
+                 "test_region_quality.py", "test_time_budget.py", "test_model_safety.py", "test_evaluate.py",
+                 "test_process_pool.py")
 
 
 def pytest_collection_modifyitems(session, config, items) -> None:

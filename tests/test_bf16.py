@@ -148,4 +148,5 @@ def test_gpu_check_says_so_without_cuda_and_runs_dry_on_the_cpu(tmp_path):
     assert results["could_not"] == []
     assert results["data_loading"][0]["samples_per_s"] > 0
     assert [row["folds"] for row in results["predict"]] == [1, 2]
+    assert all(row["test_time_mirroring"] == [] for row in results["predict"])  # the dry run's setting
     assert all(row["pipelined_s_per_case"] > 0 and row["sequential_s_per_case"] > 0 for row in results["predict"])
