@@ -36,7 +36,8 @@ import torch
 BRAIN_PATCH = (160, 192, 160)
 BATCH_SIZE = 4
 BRATS_REGIONS = ((1, 2, 3), (2, 3), (3,))
-# the dry run predicts without test-time mirroring: its 8 passes would only multiply the time (the tests check it)
+# the dry run predicts without test-time mirroring: its 8 passes would only multiply the time (the test suite checks
+# mirrored prediction)
 DRY_RUN = {"patch": (64, 64, 64), "phantom": (64, 72, 64), "batch": 2, "iterations": 2, "warmup": 1,
            "subjects": 2, "workers": [1], "batches": 2, "cases": 1, "folds": 2, "mirroring": False,
            "network": {"features_per_stage": (8, 16, 32, 64), "decoder_features": (32, 16, 16, 8),
